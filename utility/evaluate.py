@@ -1,0 +1,88 @@
+"""Full-ranking evaluation, vectorised on the run's device.
+
+For each user with held-out items, every item is scored, the user's excluded items (training
+items, and validation items at test time) are set to -inf by one index assignment, the top
+K_max are taken with ``torch.topk``, and hits are read from a boolean ground-truth block.
+Users are processed in batches sized so that a batch's score block stays within a fixed
+memory budget, whatever the number of items.
+"""
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from utility.metrics import metric_sums
+
+SCORE_BUDGET = 1 << 26  # float32 scores per batch (256 MB)
+
+
+def _csr_to_device(mat, device):
+    mat = sp.csr_matrix(mat)
+    return (torch.as_tensor(mat.indptr.astype(np.int64), device=device),
+            torch.as_tensor(mat.indices.astype(np.int64), device=device))
+
+
+class RankingEvaluator:
+    """Ground truth and exclusions of one held-out split, kept on the device across epochs.
+
+    ``shard=(rank, world_size)`` keeps every world_size-th evaluated user, so that processes can
+    each evaluate a disjoint part and sum their results.
+    """
+
+    def __init__(self, truth, exclude, ks, device, batch_size=4096, shard=None):
+        truth = sp.csr_matrix(truth)
+        self.n_items = truth.shape[1]
+        users = np.flatnonzero(np.diff(truth.indptr) > 0)
+        self.n_users_total = int(users.size)
+        if shard is not None:
+            users = users[shard[0]::shard[1]]
+        self.users = torch.as_tensor(users, dtype=torch.int64, device=device)
+        excluded = sp.csr_matrix(truth.shape, dtype=np.float32)
+        for mat in exclude:
+            excluded = excluded + sp.csr_matrix(mat)
+        self.excl_ptr, self.excl_idx = _csr_to_device(excluded[users], device)
+        self.truth_ptr, self.truth_idx = _csr_to_device(truth[users], device)
+        self.n_pos = torch.diff(self.truth_ptr).to(torch.float64)
+        self.ks = sorted(set(ks))
+        self.device = device
+        self.batch_size = max(1, min(batch_size, SCORE_BUDGET // max(1, self.n_items)))
+
+    @staticmethod
+    def _block_rows(ptr, start, end):
+        """(row within the batch, column) index pairs of CSR rows start..end-1."""
+        counts = torch.diff(ptr[start:end + 1])
+        rows = torch.repeat_interleave(torch.arange(end - start, device=ptr.device), counts)
+        return rows, slice(int(ptr[start]), int(ptr[end]))
+
+    @torch.no_grad()
+    def metric_sums(self, score_fn):
+        """Per-metric sums over this evaluator's users (float64 tensors) and the user count."""
+        k_max = max(self.ks)
+        sums = None
+        for start in range(0, self.users.numel(), self.batch_size):
+            end = min(start + self.batch_size, self.users.numel())
+            scores = score_fn(self.users[start:end]).float()
+            rows, span = self._block_rows(self.excl_ptr, start, end)
+            scores[rows, self.excl_idx[span]] = -torch.inf
+            top = torch.topk(scores, min(k_max, self.n_items), dim=1).indices
+            truth = torch.zeros_like(scores, dtype=torch.bool)
+            rows, span = self._block_rows(self.truth_ptr, start, end)
+            truth[rows, self.truth_idx[span]] = True
+            hits = truth.gather(1, top)
+            if hits.shape[1] < k_max:
+                hits = torch.nn.functional.pad(hits, (0, k_max - hits.shape[1]))
+            batch = metric_sums(hits, self.n_pos[start:end], self.ks)
+            sums = batch if sums is None else {k: sums[k] + v for k, v in batch.items()}
+        if sums is None:
+            sums = {k: torch.zeros((), dtype=torch.float64, device=self.device)
+                    for k in metric_sums(torch.zeros(0, k_max, dtype=torch.bool), torch.ones(0), self.ks)}
+        return sums, self.users.numel()
+
+    def __call__(self, score_fn):
+        """Mean of every metric over the evaluated users: {"recall@20": float, ...}."""
+        sums, count = self.metric_sums(score_fn)
+        return {k: float(v) / max(1, count) for k, v in sums.items()}
+
+
+def dot_scores(user_emb, item_emb):
+    """score_fn for models that score by the inner product of user and item embeddings."""
+    return lambda users: user_emb[users] @ item_emb.T

@@ -1,0 +1,103 @@
+"""PCA hard tokens (METHOD stage 1, step 1), cached beside the data.
+
+Each modality's features are reduced to ``dim`` columns by PCA and standardised (zero mean,
+unit variance per column); the item hard token is the mean over modalities. A modality with
+fewer than ``dim`` columns keeps all its components and is zero-padded. The per-modality
+projection is cached in ``cache_dir`` under a key made of the features' hash and ``dim``, so a
+change of either invalidates it; an unreadable or inconsistent cache file is rebuilt with a
+warning.
+"""
+import hashlib
+import os
+import tempfile
+import warnings
+
+import numpy as np
+
+CACHE_VERSION = 1
+
+
+def features_key(x, dim):
+    h = hashlib.sha1()
+    h.update(f"v{CACHE_VERSION}|{x.shape}|{x.dtype}|{dim}|".encode())
+    h.update(np.ascontiguousarray(x).data)
+    return h.hexdigest()[:16]
+
+
+def pca_reduce(x, dim):
+    """Standardised projections of ``x`` on its top ``dim`` principal components (float32).
+
+    Computed from the covariance matrix in float64 (cheap for the feature widths of this field),
+    with each component's sign fixed so that its largest loading is positive: same input, same
+    output, on any machine.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    k = min(dim, x.shape[1])
+    cov = centred.T @ centred / max(1, x.shape[0] - 1)
+    eigval, eigvec = np.linalg.eigh(cov)
+    components = eigvec[:, ::-1][:, :k]
+    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
+    components *= np.where(signs == 0, 1.0, signs)
+    z = centred @ components
+    std = z.std(axis=0)
+    z /= np.where(std > 1e-12, std, 1.0)
+    out = np.zeros((x.shape[0], dim), dtype=np.float32)
+    out[:, :k] = z
+    return out
+
+
+def _load_cached(file, shape):
+    try:
+        z = np.load(file, allow_pickle=False)
+    except Exception as e:  # a truncated or foreign file: rebuild it
+        warnings.warn(f"{file}: unreadable PCA cache ({type(e).__name__}); rebuilding it")
+        return None
+    if z.shape != shape or z.dtype != np.float32 or not np.isfinite(z).all():
+        warnings.warn(f"{file}: PCA cache has the wrong shape or values; rebuilding it")
+        return None
+    return z
+
+
+def _save_atomic(file, array):
+    folder = os.path.dirname(file)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, file)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def item_hard_tokens(modality_feats, dim, cache_dir=None):
+    """Mean over modalities of each modality's standardised PCA projection: (n_items, dim)."""
+    reduced = []
+    for name, x in modality_feats.items():
+        z = None
+        if cache_dir is not None:
+            file = os.path.join(cache_dir, f"pca_{name}_{features_key(x, dim)}.npy")
+            if os.path.exists(file):
+                z = _load_cached(file, (x.shape[0], dim))
+        if z is None:
+            z = pca_reduce(x, dim)
+            if cache_dir is not None:
+                try:
+                    os.makedirs(cache_dir, exist_ok=True)
+                    _save_atomic(file, z)
+                except OSError as e:
+                    warnings.warn(f"{cache_dir}: cannot write the PCA cache ({e.strerror}); continuing without it")
+        reduced.append(z)
+    return np.mean(reduced, axis=0).astype(np.float32)
+
+
+def default_cache_dir(dataset_path, fallback):
+    """``<dataset>/.cache`` when the dataset folder is writable, else ``fallback``."""
+    here = os.path.join(dataset_path, ".cache")
+    if os.access(dataset_path, os.W_OK) and (not os.path.exists(here) or os.access(here, os.W_OK)):
+        return here
+    return fallback

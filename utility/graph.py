@@ -1,0 +1,46 @@
+"""Normalised interaction graphs, built once from the training matrix with scipy."""
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+def _inv(x, power=1.0):
+    """x ** -power with 0 where x == 0 (users or items without training interactions)."""
+    out = np.zeros_like(x, dtype=np.float64)
+    nz = x > 0
+    out[nz] = x[nz] ** -power
+    return out
+
+
+def sym_norm_adj(train):
+    """D^-1/2 A D^-1/2 of the (users + items) bipartite graph, as used by LightGCN."""
+    n_users, n_items = train.shape
+    r = sp.csr_matrix(train, dtype=np.float64)
+    adj = sp.bmat([[None, r], [r.T, None]], format="csr")
+    d = _inv(np.asarray(adj.sum(axis=1)).ravel(), 0.5)
+    return (sp.diags(d) @ adj @ sp.diags(d)).tocsr().astype(np.float32)
+
+
+def mean_adj(train):
+    """Row-normalised R (each user's mean over their items) and row-normalised R^T."""
+    r = sp.csr_matrix(train, dtype=np.float64)
+    user_mean = sp.diags(_inv(np.asarray(r.sum(axis=1)).ravel())) @ r
+    item_mean = sp.diags(_inv(np.asarray(r.sum(axis=0)).ravel())) @ r.T.tocsr()
+    return user_mean.tocsr().astype(np.float32), item_mean.tocsr().astype(np.float32)
+
+
+def to_torch_csr(mat):
+    """A scipy matrix as a torch sparse CSR tensor (float32)."""
+    mat = sp.csr_matrix(mat, dtype=np.float32)
+    mat.sort_indices()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(mat.indptr.astype(np.int64)),
+            torch.from_numpy(mat.indices.astype(np.int64)),
+            torch.from_numpy(mat.data),
+            size=mat.shape,
+            check_invariants=False,
+        )

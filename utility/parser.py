@@ -1,0 +1,154 @@
+"""Every hyper-parameter of a run lives here.
+
+Flags have typed defaults; a per-dataset preset (``PRESETS``) overrides those defaults, and
+flags given on the command line override the preset. Only ``main.py`` calls
+:func:`parse_args`; every other module receives plain values.
+"""
+import argparse
+
+# Canonical preset name for each accepted spelling of a published dataset.
+DATASET_ALIASES = {
+    "tiktok": "tiktok",
+    "netflix": "netflix",
+    "amazon": "amazon",
+    "electronics": "amazon",
+    "amazon-electronics": "amazon",
+    "movielens": "movielens",
+}
+
+# Per-dataset settings, chosen on each dataset's validation split (README, "Design notes").
+PRESETS = {
+    "tiktok": dict(),
+    "netflix": dict(),
+    "amazon": dict(),
+    "movielens": dict(),
+}
+
+
+def preset_name(dataset):
+    """The preset a dataset name selects, or None for a custom folder."""
+    return DATASET_ALIASES.get(dataset.lower())
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="PromptMM: multi-modal knowledge distillation for recommendation with prompt-tuning.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data and run")
+    g.add_argument("--dataset", default="movielens",
+                   help="folder under --data_path; tiktok, netflix, amazon (electronics) and movielens also select a preset")
+    g.add_argument("--data_path", default="data", help="folder that holds the dataset folders")
+    g.add_argument("--preset", default=None,
+                   help="use this dataset's preset for a folder of another name (default: from --dataset)")
+    g.add_argument("--runs_dir", default="runs", help="each run writes runs_dir/<dataset>/<timestamp>/")
+    g.add_argument("--results_json", default=None, help="also write results.json to this path")
+    g.add_argument("--stage", choices=["teacher", "student", "all"], default="all",
+                   help="teacher: stage 1 only; student: stage 2 from --teacher_ckpt; all: both")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--seed", type=int, default=2024)
+    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    g.add_argument("--dry_run", action="store_true", help="one epoch of two batches per stage (smoke test)")
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--topk", type=int, nargs="+", default=[10, 20, 40, 50], help="cut-offs K of the metrics")
+    g.add_argument("--eval_batch_size", type=int, default=4096, help="users scored at once (capped by memory)")
+    g.add_argument("--no_exclude_val", dest="exclude_val", action="store_false",
+                   help="do not exclude validation items when testing (what the original code did)")
+    g.add_argument("--verbose", type=int, default=1, help="evaluate on validation every this many epochs")
+    g.add_argument("--early_stopping_patience", type=int, default=20,
+                   help="stop after this many evaluations without a better validation Recall@20")
+
+    g = p.add_argument_group("teacher (stage 1)")
+    g.add_argument("--epoch", type=int, default=300, help="maximum teacher epochs")
+    g.add_argument("--batch_size", type=int, default=2048, help="BPR triples per step")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW decoupled weight decay")
+    g.add_argument("--reg", type=float, default=1e-4, help="L2 penalty on the batch's ID embeddings")
+    g.add_argument("--embed_size", type=int, default=64)
+    g.add_argument("--cf_layers", type=int, default=2, help="LightGCN layers of the CF GNN")
+    g.add_argument("--mm_layers", type=int, default=1, help="user-item hops of the modality GNN")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout after the feature reduction")
+    g.add_argument("--prompt_dropout", type=float, default=0.0, help="dropout inside the prompt module")
+    g.add_argument("--feat_prompt_weight", type=float, default=0.1, help="lambda_f: prompt added to features")
+    g.add_argument("--emb_prompt_weight", type=float, default=0.1, help="lambda_s: prompt added to ID embeddings")
+    g.add_argument("--mm_fusion_weight", type=float, default=1.0, help="lambda_c: modality knowledge in e^T")
+    g.add_argument("--mm_loss_weight", type=float, default=0.1, help="lambda_m: BPR on each modality's f^m")
+    g.add_argument("--prompt_loss_weight", type=float, default=0.1, help="lambda_p: BPR on the prompts")
+    g.add_argument("--item_residual", action=argparse.BooleanOptionalAction, default=True,
+                   help="add h^m to f_I^m so that items without training interactions keep their content")
+    g.add_argument("--no_prompt", action="store_true", help="run both stages without the prompt module")
+    g.add_argument("--no_modalities", action="store_true",
+                   help="switch the teacher's modality branch off (an ID-only LightGCN teacher)")
+
+    g = p.add_argument_group("student (stage 2)")
+    g.add_argument("--teacher_ckpt", default=None, help="distil from this saved teacher instead of training one")
+    g.add_argument("--student_model_type", choices=["mlp", "lightgcn"], default="mlp")
+    g.add_argument("--student_init", choices=["teacher", "random"], default="teacher")
+    g.add_argument("--student_embed_size", type=int, default=None, help="default: --embed_size")
+    g.add_argument("--student_layers", type=int, default=2, help="LightGCN layers of the lightgcn student")
+    g.add_argument("--student_hidden", type=int, default=128, help="hidden width of the mlp student")
+    g.add_argument("--student_epoch", type=int, default=300, help="maximum distillation epochs")
+    g.add_argument("--student_lr", type=float, default=1e-3)
+    g.add_argument("--student_reg", type=float, default=1e-4, help="L2 penalty on the batch's student embeddings")
+    g.add_argument("--prompt_lr", type=float, default=None, help="learning rate of the prompts in stage 2 (default: --student_lr)")
+    g.add_argument("--neg_sample_num", type=int, default=10, help="K extra negatives per row for list-wise KD")
+    g.add_argument("--kd_temperature", type=float, default=1.0, help="tau of the pair- and list-wise KD")
+    g.add_argument("--kd_pair_weight", type=float, default=1.0)
+    g.add_argument("--kd_list_weight", type=float, default=1.0)
+    g.add_argument("--kd_emb_weight", type=float, default=0.1)
+    g.add_argument("--sce_gamma", type=float, default=2.0, help="exponent of the SCE embedding KD")
+    g.add_argument("--no_list_reweight", action="store_true",
+                   help="weight the non-target list KD by 1 instead of the teacher's non-target mass")
+    g.add_argument("--no_disentangle", action="store_true",
+                   help="plain list-wise KL instead of the target / non-target decomposition")
+    return p
+
+
+def parse_args(argv=None):
+    """Parse flags; a dataset's preset overrides the defaults, explicit flags override both."""
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    name = preset_name(known.preset or known.dataset)
+    if known.preset is not None and name is None:
+        parser.error(f"--preset {known.preset!r}: unknown preset (choose from {', '.join(sorted(PRESETS))})")
+    if name is not None:
+        parser.set_defaults(**PRESETS[name])
+    args = parser.parse_args(argv)
+    args.preset = name
+    if args.student_embed_size is None:
+        args.student_embed_size = args.embed_size
+    if args.prompt_lr is None:
+        args.prompt_lr = args.student_lr
+    return args
+
+
+def validate_args(args):
+    """Flag values that parse but make no sense: a one-line UserError naming the flag."""
+    from utility.errors import UserError
+
+    positive = ("epoch", "batch_size", "embed_size", "mm_layers", "student_epoch", "eval_batch_size",
+                "verbose", "early_stopping_patience", "student_embed_size", "student_hidden")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
+    non_negative = ("cf_layers", "student_layers", "neg_sample_num", "threads", "reg", "student_reg",
+                    "weight_decay", "kd_pair_weight", "kd_list_weight", "kd_emb_weight",
+                    "feat_prompt_weight", "emb_prompt_weight", "mm_fusion_weight", "mm_loss_weight",
+                    "prompt_loss_weight")
+    for name in non_negative:
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} {getattr(args, name)}: must not be negative")
+    for name in ("lr", "student_lr", "prompt_lr", "kd_temperature", "sce_gamma"):
+        if not getattr(args, name) > 0:
+            raise UserError(f"--{name} {getattr(args, name)}: must be positive")
+    for name in ("dropout", "prompt_dropout"):
+        if not 0 <= getattr(args, name) < 1:
+            raise UserError(f"--{name} {getattr(args, name)}: must be in [0, 1)")
+    if min(args.topk) < 1:
+        raise UserError(f"--topk {args.topk}: every K must be at least 1")
+    if 20 not in args.topk:
+        raise UserError(f"--topk {args.topk}: must include 20 (model selection uses validation Recall@20)")
+    if args.kd_list_weight and args.neg_sample_num < 1:
+        raise UserError("--neg_sample_num 0: the list-wise KD needs at least one extra negative "
+                        "(or set --kd_list_weight 0)")

@@ -1,0 +1,48 @@
+"""Vectorised BPR sampling: one epoch of (user, positive, negative[, K extra negatives]) at once."""
+import numpy as np
+import scipy.sparse as sp
+
+
+class TripleSampler:
+    """Each epoch visits every training interaction once, in random order, with negatives drawn
+    uniformly from the items the user has not interacted with in training.
+
+    Negatives are drawn for all rows at once and the few that hit a training item are redrawn;
+    membership is tested by binary search in the sorted user * n_items + item keys.
+    """
+
+    def __init__(self, train, seed):
+        train = sp.csr_matrix(train)
+        train.sort_indices()
+        self.n_users, self.n_items = train.shape
+        self.users = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(train.indptr))
+        self.items = train.indices.astype(np.int64)
+        self.keys = self.users * self.n_items + self.items   # sorted: CSR rows in order, columns sorted
+        self.rng = np.random.default_rng(seed)
+        full = np.diff(train.indptr) >= self.n_items
+        if full[self.users].any():
+            raise ValueError("a user has interacted with every item: no negative can be sampled")
+
+    def _is_positive(self, users, items):
+        keys = users * self.n_items + items
+        pos = np.searchsorted(self.keys, keys)
+        pos = np.minimum(pos, self.keys.size - 1)
+        return self.keys[pos] == keys
+
+    def negatives(self, users, k=1):
+        """(len(users), k) items that none of the users has in training."""
+        rows = np.repeat(users, k)
+        items = self.rng.integers(0, self.n_items, size=rows.size)
+        bad = np.flatnonzero(self._is_positive(rows, items))
+        while bad.size:
+            items[bad] = self.rng.integers(0, self.n_items, size=bad.size)
+            bad = bad[self._is_positive(rows[bad], items[bad])]
+        return items.reshape(len(users), k)
+
+    def epoch(self, extra_negatives=0):
+        """Shuffled (users, positives, negatives, extra) for one epoch; extra is (n, K) or None."""
+        order = self.rng.permutation(self.users.size)
+        users, pos = self.users[order], self.items[order]
+        neg = self.negatives(users, 1)[:, 0]
+        extra = self.negatives(users, extra_negatives) if extra_negatives else None
+        return users, pos, neg, extra
