@@ -7,50 +7,53 @@ one ``<modality>_feat.npy`` (float32, one row per item) per modality, and ``meta
 
 Generative model
 ----------------
-Items belong to ``n_topics`` latent topics (genres). Topic ``k`` has a centre ``c_k`` and item
-``i`` in topic ``k`` has factors
+Items are split into ``n_topics`` equal-sized latent topics (niches; about sqrt(12 * n_items) of
+them). Topic ``k`` has a centre and item ``i`` in topic ``k`` has factors
 
-    v_i = sqrt(1 - rho) * c_k + sqrt(rho) * d_i,        c_k, d_i ~ N(0, I_r)
+    v_i = c_k + e_i,    c_k ~ N(0, (1 - rho) I_r),    e_i ~ N(0, rho I_r)
 
 so ``rho`` is the share of an item's taste profile that is its own rather than its topic's.
 User factors are ``u ~ N(0, I_r / r)``, making ``<u, v_i>`` roughly standard normal. Each item
-has a popularity bias ``b_i ~ N(0, pop_sigma^2)`` (log-normal popularity weights, i.e. a heavy
-tail of rarely consumed items), and each user an activity level drawn log-normal, which fixes
-how many items ``n_u`` (at least ``min_user_items`` where the catalogue allows) the user consumes.
-User ``u`` then consumes ``n_u`` distinct items, drawn without replacement with
+has a popularity bias ``b_i ~ N(0, pop_sigma^2)`` (log-normal popularity weights, i.e. a long tail
+of rarely consumed items), and each user a log-normal activity level, which fixes how many
+distinct items ``n_u`` (at least ``min_user_items`` where the catalogue allows) the user consumes;
+the counts sum exactly to the target number of interactions.
 
-    P(i | u)  proportional to  exp(<u, v_i> / temperature + b_i).
+The target is P(i | u) proportional to exp(<u, v_i> / T + b_i). It is sampled in two exact steps:
 
-Sampling is exact Gumbel-top-k where a user's candidate set may be the whole catalogue (small
-catalogues). Otherwise it is Gumbel-top-k over a candidate subset with importance weights: the
-candidates come from a proposal that picks a topic with probability proportional to
-``exp(<u, c_k'> / temperature) * sum_{i in k} exp(b_i)`` and then an item of that topic by its
-popularity. The proposal already accounts for popularity and the topic part of the affinity, so
-the importance weights only carry the item-specific residual ``<u, v_i - c_k'> / temperature``
-(``c_k' = sqrt(1 - rho) c_k``), which varies little, and a few candidates per consumed item
-suffice. Users are processed in chunks of similar activity, so memory stays bounded and no
-users x items matrix is ever built.
+1. each of the user's ``n_u`` picks chooses a topic with probability proportional to
+   ``exp(<u, c_k> / T) * sum_{i in k} exp(b_i)``;
+2. from each chosen topic the user takes as many distinct items as picks fell on it, without
+   replacement, with probability proportional to ``exp(<u, e_i> / T + b_i)`` (Gumbel-top-k over
+   the topic's items).
+
+Given the topic, an item's probability is exactly the target's; the topic step uses the topic centre instead of the
+exact sum over the topic's items (which would need every user-item score), i.e. it drops a
+topic-level factor whose expectation is the same for all topics. Each user costs
+O(n_topics + items in the chosen topics), users are processed in chunks, and no users x items
+matrix is ever built, so memory stays bounded.
 
 Each modality ``m`` (dimension ``d_m``) is a noisy random linear view of the item factors:
 
-    h_i = v_i A_m / sqrt(r) + nuisance_m * z_i B_m / sqrt(q) + noise_m * e_i
+    h_i = v_i A_m / sqrt(r) + nuisance_m * z_i B_m / sqrt(q) + noise_m * eps_i
     x_i = f_m(h_i)
 
 with ``A_m ~ N(0, 1)^{r x d_m}``, modality-specific item factors ``z_i ~ N(0, I_q)`` unrelated to
 taste (think lighting or recording quality) seen through ``B_m ~ N(0, 1)^{q x d_m}``, i.i.d.
-``e_i ~ N(0, I)``, and a mild elementwise nonlinearity ``f_m`` (softplus for image-like features,
+``eps_i ~ N(0, I)``, and a mild elementwise nonlinearity ``f_m`` (softplus for image-like features,
 which are non-negative like CNN activations; tanh for audio; identity for text). The nuisance
 factors matter more than the i.i.d. noise: in hundreds of dimensions i.i.d. noise largely averages
 out of feature similarities, while low-rank nuisance structure does not. Noise levels differ per
-modality, so some views are much more informative than others.
+modality (``MODALITY_NOISE``), so some views are much more informative than others.
 
 Since most items sit in the popularity tail with few interactions, item embeddings learned from
 ids alone are poor there, while every item's features carry its factors: a model that uses the
 modalities can beat one that does not (``evaluate_baselines`` checks this with simple
 recommenders).
 
-Splits are per user: about 10% of a user's items go to test, 10% to val (at least one each for
-users with three or more items) and the rest to train, so every user has training items. Item ids
+Splits are per user: about 10% of a user's items go to test and 10% to val (randomly rounded;
+at least one test item for users with three or more items), the rest to train, so every user has
+training items. Item ids
 are random with respect to the model, except that the largest id is always an item seen in
 training, so loaders that infer the item count from the ids agree with the feature files.
 
@@ -62,7 +65,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -86,7 +88,7 @@ ALIASES = {"electronics": "amazon"}
 # How informative each modality is: (nuisance, noise, nonlinearity); see the module docstring.
 # One clean-ish view and one or two noisy ones per dataset.
 MODALITY_NOISE = {
-    "tiktok": {"image": (0.4, 1.0, "softplus"), "audio": (1.5, 2.0, "tanh"), "text": (0.8, 1.5, "identity")},
+    "tiktok": {"image": (0.4, 1.0, "softplus"), "audio": (1.0, 2.0, "tanh"), "text": (0.8, 1.5, "identity")},
     "netflix": {"image": (0.6, 1.0, "softplus"), "text": (1.5, 1.5, "identity")},
     "amazon": {"image": (1.5, 2.0, "softplus"), "text": (0.6, 1.0, "identity")},
 }
@@ -96,7 +98,7 @@ DEFAULT_SEED = 2024
 
 @dataclass(frozen=True)
 class GeneratorParams:
-    rank: int = 24                  # r, dimension of the planted user / item factors
+    rank: int = 16                  # r, dimension of the planted user / item factors
     topic_density: float = 12.0     # n_topics = sqrt(n_items * topic_density)
     rho: float = 0.5                # item-specific share of an item's factors (rest: its topic)
     temperature: float = 0.5        # affinity temperature: <u, v> / T has std about 1 / T
@@ -151,7 +153,7 @@ class LatentModel:
         return topic
 
 
-def topic_count(n_items: int, params: "GeneratorParams") -> int:
+def topic_count(n_items: int, params: GeneratorParams) -> int:
     """About sqrt(n_items * topic_density) topics: a user's topic logits and the items of the
     topics they draw then cost about the same, which keeps sampling cheap at any scale."""
     return int(np.clip(round(math.sqrt(n_items * params.topic_density)), 1, n_items))
@@ -207,14 +209,24 @@ def allocate_user_counts(rng: np.random.Generator, n_users: int, n_items: int, n
 def _draw_from_rows(rng: np.random.Generator, weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """One column index per entry of ``rows``, drawn with probability proportional to weights[row]."""
     n_rows, width = weights.shape
-    cdf = np.cumsum(weights, axis=1)
+    cdf = np.cumsum(weights, axis=1, dtype=np.float64)
     cdf /= cdf[:, -1:]
     # Shifting row b's CDF into [b, b + 1] turns all the per-row searches into one sorted search;
     # uniforms stay a margin below 1 so that u + b never rounds up into the next row.
-    shifted = (cdf + np.arange(n_rows)[:, None]).ravel()
+    cdf += np.arange(n_rows)[:, None]
     u = rng.random(len(rows)) * (1.0 - 1e-9)
-    column = np.searchsorted(shifted, rows + u, side="right") - rows * width
+    column = np.searchsorted(cdf.ravel(), rows + u, side="right") - rows * width
     return np.minimum(column, width - 1)
+
+
+def _gumbel(rng: np.random.Generator, shape) -> np.ndarray:
+    """Standard Gumbel noise -log(-log U) in float32 (much faster than Generator.gumbel)."""
+    noise = rng.random(shape, dtype=np.float32)
+    np.maximum(noise, np.float32(2.0 ** -25), out=noise)  # U may be exactly 0
+    np.log(noise, out=noise)
+    np.negative(noise, out=noise)
+    np.log(noise, out=noise)
+    return np.negative(noise, out=noise)
 
 
 def draw_topic_counts(rng: np.random.Generator, model: LatentModel, counts: np.ndarray,
@@ -222,32 +234,39 @@ def draw_topic_counts(rng: np.random.Generator, model: LatentModel, counts: np.n
     """How many items each user takes from each topic: (users, topics, counts) of the non-zero pairs.
 
     Each of user u's n_u draws picks topic k with probability proportional to
-    exp(<u, c_k'> / T) * sum_{i in k} exp(b_i); a topic is never asked for more items than it holds
-    (the excess is drawn again among the other topics).
+    exp(<u, c_k> / T) * sum_{i in k} exp(b_i); a topic is never asked for more items than it holds
+    (the excess is drawn again among the topics not yet exhausted).
     """
+    n_topics = model.n_topics
     sizes = np.diff(model.topic_start)
     popularity = np.exp(model.item_log_popularity[model.items_by_topic])
-    log_mass = np.log(np.add.reduceat(popularity, model.topic_start[:-1]))
-    chunk = max(1, params.chunk_budget // model.n_topics)
+    log_mass = np.log(np.add.reduceat(popularity, model.topic_start[:-1])).astype(np.float32)
+    scaled_centres = (model.topic_centres.T / params.temperature).astype(np.float32)
+    user_factors = model.user_factors.astype(np.float32)
+    chunk = max(1, params.chunk_budget // n_topics)
     pair_users, pair_topics, pair_counts = [], [], []
     for start in _progress(range(0, len(counts), chunk), verbose, "drawing topics", unit="chunk"):
         users = np.arange(start, min(len(counts), start + chunk))
-        logits = model.user_factors[users] @ model.topic_centres.T / params.temperature + log_mass
-        taken = np.zeros(logits.shape, dtype=np.int64)
-        need = counts[users].copy()
-        while need.any():
-            open_logits = np.where(taken < sizes, logits, -np.inf)
-            weights = np.exp(open_logits - open_logits.max(axis=1, keepdims=True))
-            rows = np.repeat(np.arange(len(users)), need)
-            topics = _draw_from_rows(rng, weights, rows)
-            taken += np.bincount(rows * model.n_topics + topics, minlength=taken.size).reshape(taken.shape)
-            excess = np.maximum(taken - sizes, 0)
+        logits = user_factors[users] @ scaled_centres + log_mass
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        rows = np.repeat(np.arange(len(users)), counts[users])
+        # A pair (row, topic) is coded as row * n_topics + topic.
+        pairs, taken = np.unique(rows * n_topics + _draw_from_rows(rng, weights, rows), return_counts=True)
+        while True:
+            excess = np.maximum(taken - sizes[pairs % n_topics], 0)
+            if not excess.any():
+                break
             taken -= excess
-            need = excess.sum(axis=1)
-        row, topic = np.nonzero(taken)
-        pair_users.append(users[row])
-        pair_topics.append(topic)
-        pair_counts.append(taken[row, topic])
+            full = pairs[taken == sizes[pairs % n_topics]]
+            weights[full // n_topics, full % n_topics] = 0.0
+            rows = np.repeat(pairs // n_topics, excess)
+            redraw, local_rows = np.unique(rows, return_inverse=True)
+            topics = _draw_from_rows(rng, weights[redraw], local_rows)
+            pairs, inverse = np.unique(np.concatenate([pairs, rows * n_topics + topics]), return_inverse=True)
+            taken = np.bincount(inverse, weights=np.concatenate([taken, np.ones(len(rows))])).astype(np.int64)
+        pair_users.append(users[pairs // n_topics])
+        pair_topics.append(pairs % n_topics)
+        pair_counts.append(taken)
     return np.concatenate(pair_users), np.concatenate(pair_topics), np.concatenate(pair_counts)
 
 
@@ -255,32 +274,34 @@ def sample_interactions(rng: np.random.Generator, model: LatentModel, counts: np
                         params: GeneratorParams, verbose: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """All (user, item) pairs, sorted by user then item; user u has counts[u] distinct items."""
     pair_users, pair_topics, pair_counts = draw_topic_counts(rng, model, counts, params, verbose)
-    inv_temp = 1.0 / params.temperature
-    topic_of_item = model.topic_of_items()
+    user_factors = (model.user_factors / params.temperature).astype(np.float32)
     # Within a topic only the item's own part of its factors and its popularity matter.
-    residual = (model.item_factors - model.topic_centres[topic_of_item]).astype(np.float32)
-    by_topic = np.argsort(pair_topics, kind="stable")
-    bounds = np.searchsorted(pair_topics[by_topic], np.arange(model.n_topics + 1))
+    residual = (model.item_factors - model.topic_centres[model.topic_of_items()]).astype(np.float32)
+    log_pop = model.item_log_popularity.astype(np.float32)
+    # Pairs grouped by topic, then by how many items they take, so each block has one count.
+    order = np.lexsort((pair_counts, pair_topics))
+    group_key = pair_topics[order] * (int(pair_counts.max()) + 1) + pair_counts[order]
+    group_start = np.flatnonzero(np.diff(group_key, prepend=-1))
+    group_bounds = np.append(group_start, len(order))
     users_out, items_out = [], []
-    for topic in _progress(range(model.n_topics), verbose, "drawing items", unit="topic"):
+    groups = zip(group_bounds[:-1], group_bounds[1:])
+    for first, last in _progress(groups, verbose, "drawing items", unit="group", total=len(group_start)):
+        topic, n_take = int(pair_topics[order[first]]), int(pair_counts[order[first]])
         members = model.items_by_topic[model.topic_start[topic]:model.topic_start[topic + 1]]
-        pairs = by_topic[bounds[topic]:bounds[topic + 1]]
         rows = max(1, params.chunk_budget // len(members))
-        for start in range(0, len(pairs), rows):
-            block = pairs[start:start + rows]
-            users, n_take = pair_users[block], pair_counts[block]
+        for start in range(first, last, rows):
+            users = pair_users[order[start:min(last, start + rows)]]
             # Gumbel-top-k: the n largest of log-weight + Gumbel noise are an exact draw of n
             # distinct items with probability proportional to exp(log-weight).
-            keys = (model.user_factors[users].astype(np.float32) @ residual[members].T) * inv_temp
-            keys = keys + model.item_log_popularity[members] + rng.gumbel(size=keys.shape)
-            top = int(n_take.max())
-            if top == 1:
+            keys = user_factors[users] @ residual[members].T
+            keys += log_pop[members]
+            keys += _gumbel(rng, keys.shape)
+            if n_take == 1:
                 chosen = keys.argmax(axis=1)[:, None]
             else:
-                chosen = np.argsort(-keys, axis=1, kind="stable")[:, :top]
-            keep = np.arange(chosen.shape[1])[None, :] < n_take[:, None]
-            users_out.append(np.broadcast_to(users[:, None], keep.shape)[keep])
-            items_out.append(members[chosen[keep]])
+                chosen = np.argpartition(keys, -n_take, axis=1)[:, -n_take:]
+            users_out.append(np.repeat(users, n_take))
+            items_out.append(members[chosen].ravel())
     users = np.concatenate(users_out)
     items = np.concatenate(items_out)
     order = np.lexsort((items, users))
@@ -289,11 +310,17 @@ def sample_interactions(rng: np.random.Generator, model: LatentModel, counts: np
 
 def split_per_user(rng: np.random.Generator, users: np.ndarray, n_users: int,
                    params: GeneratorParams) -> np.ndarray:
-    """Split label per pair (0 train, 1 val, 2 test); ``users`` must be sorted."""
+    """Split label per pair (0 train, 1 val, 2 test); ``users`` must be sorted.
+
+    A user with n items gets test_share * n test items and val_share * n val items, randomly
+    rounded so the shares hold on average. Users with three or more items get at least one test
+    item (so nearly all users can be evaluated), and everyone keeps at least one training item.
+    """
     per_user = np.bincount(users, minlength=n_users)
-    held_out = np.where(per_user >= 3, 1, 0)
-    n_test = np.maximum(held_out, np.floor(params.test_share * per_user + 0.5)).astype(np.int64)
-    n_val = np.maximum(held_out, np.floor(params.val_share * per_user + 0.5)).astype(np.int64)
+    n_test = np.floor(params.test_share * per_user + rng.random(n_users)).astype(np.int64)
+    n_test = np.where(per_user >= 3, np.maximum(n_test, 1), np.minimum(n_test, per_user - 1))
+    n_val = np.floor(params.val_share * per_user + rng.random(n_users)).astype(np.int64)
+    n_val = np.minimum(n_val, per_user - n_test - 1)
     # A random rank of each pair within its user: the first n_test ranks are test, then val.
     order = np.lexsort((rng.random(len(users)), users))
     start = np.concatenate([[0], np.cumsum(per_user)[:-1]])
@@ -431,6 +458,7 @@ def make_synthetic(like: str, out, scale: float = 1.0, seed: int = DEFAULT_SEED,
             "n_train": int((label == 0).sum()),
             "n_val": int((label == 1).sum()),
             "n_test": int((label == 2).sum()),
+            "n_topics": model.n_topics,
             "items_without_train_interactions": int((item_counts == 0).sum()),
             "items_with_at_most_5_train_interactions": int((item_counts <= 5).sum()),
             "modalities": modalities,
@@ -466,6 +494,7 @@ def evaluate_baselines(path, k: int = 20, user_chunk: int = 2048) -> dict:
     path = Path(path)
     meta = json.loads((path / "meta.json").read_text())
     n_users, n_items = meta["n_users"], meta["n_items"]
+    k = min(k, n_items)
 
     def matrix(split):
         pairs = json.loads((path / f"{split}.json").read_text())
@@ -491,7 +520,7 @@ def evaluate_baselines(path, k: int = 20, user_chunk: int = 2048) -> dict:
 
     def recall(scores, seen, truth):
         scores = np.where(seen.toarray() > 0, -np.inf, scores)
-        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         hits = np.take_along_axis(truth.toarray(), top, axis=1).sum(axis=1)
         n_true = np.asarray(truth.sum(axis=1)).ravel()
         return hits[n_true > 0] / n_true[n_true > 0]
@@ -544,6 +573,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.check:
+        print("Recall@20 on the test split:")
         for method, value in evaluate_baselines(out).items():
             print(f"{method:>28s}  {value:.4f}" if "weight" not in method else f"{method:>28s}  {value:g}")
     return 0
