@@ -144,7 +144,21 @@ class Teacher(nn.Module):
             param.requires_grad_(name.startswith("prompt_module."))
 
 
-class MLPStudent(nn.Module):
+class _IDEmbeddings(nn.Module):
+    """User and item ID embedding tables shared by both students."""
+
+    def init_embeddings(self, user, item):
+        """Start from given embeddings (e.g. the teacher's e^T), compressed if narrower."""
+        user, item = compress_embeddings(user, item, self.user_emb.shape[1])
+        with torch.no_grad():
+            self.user_emb.copy_(user)
+            self.item_emb.copy_(item)
+
+    def ego_embeddings(self, users, items):
+        return self.user_emb[users], self.item_emb[items]
+
+
+class MLPStudent(_IDEmbeddings):
     """ID embeddings refined by a small residual MLP shared by users and items; dot-product scores.
 
     Needs no graph at serving time. The MLP's output layer starts at zero, so a student
@@ -170,11 +184,8 @@ class MLPStudent(nn.Module):
     def forward(self):
         return self.refine(self.user_emb), self.refine(self.item_emb)
 
-    def ego_embeddings(self, users, items):
-        return self.user_emb[users], self.item_emb[items]
 
-
-class LightGCNStudent(nn.Module):
+class LightGCNStudent(_IDEmbeddings):
     """ID embeddings propagated on the symmetric-normalised graph (LightGCN)."""
 
     def __init__(self, adj, n_users, embed_size=64, n_layers=2):
@@ -194,8 +205,18 @@ class LightGCNStudent(nn.Module):
         user, item = self()
         return user[users], item[items]
 
-    def ego_embeddings(self, users, items):
-        return self.user_emb[users], self.item_emb[items]
+
+def compress_embeddings(user, item, dim):
+    """Project user and item embeddings onto their top ``dim`` right singular vectors.
+
+    The projection keeps as much of the score matrix user @ item.T as ``dim`` dimensions can,
+    so a narrower student still starts from the teacher's ranking.
+    """
+    if dim >= user.shape[1]:
+        return user, item
+    _, _, v = torch.linalg.svd(torch.cat([user, item]), full_matrices=False)
+    basis = v[:dim].T
+    return user @ basis, item @ basis
 
 
 def build_student(kind, n_users, n_items, embed_size, adj=None, n_layers=2, hidden=128):

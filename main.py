@@ -21,6 +21,7 @@ from utility.graph import mean_adj, sym_norm_adj, to_torch_csr
 from utility.load_data import load_dataset
 from utility.objectives import student_terms, teacher_terms
 from utility.parser import parse_args, validate_args
+from utility.plots import plot_curves
 from utility.run_io import Logger, new_run_dir, save_checkpoint, write_json
 from utility.sampler import TripleSampler
 from utility.training import format_metrics, train_stage
@@ -124,6 +125,23 @@ def stage_summary(kind, history, stopper, train_seconds, eval_seconds, params, v
                 val=val, test=test, **extra)
 
 
+def summary_table(results, ks):
+    """Teacher vs student (and MostPopular) on the test split, with size and inference time."""
+    eff = results.get("efficiency", {})
+    cols = [f"recall@{k}" for k in (20, 50) if k in ks] + [f"ndcg@{k}" for k in (20, 50) if k in ks]
+    rows = [("MostPopular", results["most_popular"]["test"], "-", "-")]
+    rows.append(("teacher", results["teacher"]["test"], results["teacher"]["params"], eff["teacher_infer_ms"]))
+    if "student" in results:
+        rows.append((f"student ({results['student']['kind']})", results["student"]["test"],
+                     results["student"]["params"], eff.get("student_infer_ms", "-")))
+    header = f"{'test':<16}" + "".join(f"{c:>11}" for c in cols) + f"{'params':>11}{'infer ms':>10}"
+    lines = [header, "-" * len(header)]
+    for name, test, params, ms in rows:
+        ms = f"{ms:.1f}" if isinstance(ms, float) else ms
+        lines.append(f"{name:<16}" + "".join(f"{test[c]:>11.4f}" for c in cols) + f"{params:>11}{ms:>10}")
+    return "\n".join(lines)
+
+
 def run(args):
     validate_args(args)
     log = Logger()
@@ -215,9 +233,82 @@ def run(args):
     results["teacher"] = stage_summary("teacher", history, stopper, train_s, eval_s, teacher_params, val, test)
 
     # ---- stage 2: distillation ----
+    teacher.eval()
+    results["efficiency"] = dict(teacher_params=teacher_params,
+                                 teacher_infer_ms=measure_inference_ms(teacher_embeddings, ds.n_users, device))
     if args.stage in ("student", "all"):
-        raise UserError("--stage student/all: the distillation stage is not implemented yet "
-                        "(run with --stage teacher)")
+        teacher_user, teacher_item = teacher_embeddings()
+        teacher.freeze_for_distillation()
+        prompt_params = [p for p in teacher.parameters() if p.requires_grad]
+        seed_everything(args.seed + 1)
+        student = build_student(args.student_model_type, ds.n_users, ds.n_items, args.student_embed_size,
+                                adj=graphs["adj"], n_layers=args.student_layers,
+                                hidden=args.student_hidden).to(device)
+        if args.student_init == "teacher":
+            student.init_embeddings(teacher_user, teacher_item)
+        projector = None
+        if args.student_embed_size != teacher_cfg["embed_size"]:
+            projector = torch.nn.Linear(args.student_embed_size, teacher_cfg["embed_size"], bias=False).to(device)
+        groups = [dict(params=list(student.parameters()), lr=args.student_lr)]
+        if projector is not None:
+            groups[0]["params"] += list(projector.parameters())
+        if prompt_params:
+            groups.append(dict(params=prompt_params, lr=args.prompt_lr))
+        optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+        # without trainable prompts the frozen teacher's outputs never change: compute them once
+        fixed_teacher = None
+        if not prompt_params:
+            with torch.no_grad():
+                fixed_teacher = teacher()
+        best_state = {}
+
+        def student_embeddings():
+            student.eval()
+            with torch.no_grad():
+                return student()
+
+        def save_student(epoch, metrics):
+            best_state["student"] = copy.deepcopy(student.state_dict())
+            best_state["teacher"] = copy.deepcopy(teacher.state_dict())
+            save_checkpoint(dict(stage="student", model=best_state["student"], teacher=best_state["teacher"],
+                                 optimizer=optimizer.state_dict(), epoch=epoch, best_score=metrics["recall@20"],
+                                 val=metrics, config=config, data=data_signature(ds)),
+                            os.path.join(run_dir, "student.pt"))
+
+        def student_loss(users, pos, neg, extra):
+            t_out = teacher() if fixed_teacher is None else fixed_teacher
+            return student_terms(student, t_out, users, pos, neg, extra, weights, projector)
+
+        history, s_stopper, train_s, eval_s = train_stage(
+            "student", train_modules=[student] + ([projector] if projector is not None else []),
+            optimizer=optimizer, loss_terms=student_loss, sampler=sampler, batch_size=args.batch_size,
+            extra_negatives=args.neg_sample_num,
+            evaluate_val=lambda: val_eval(dot_scores(*student_embeddings())),
+            max_epochs=1 if args.dry_run else args.student_epoch, patience=args.early_stopping_patience,
+            verbose=args.verbose, on_best=save_student, log=log, device=device, max_batches=max_batches)
+        student.load_state_dict(best_state["student"])
+        teacher.load_state_dict(best_state["teacher"])
+        s_val = history[s_stopper.best_epoch - 1]["val"]
+        s_test = test_eval(dot_scores(*student_embeddings()))
+        log(f"student best epoch {s_stopper.best_epoch}: val {format_metrics(s_val)} | test {format_metrics(s_test)}")
+        student_params = count_parameters(student)
+        results["student"] = stage_summary(args.student_model_type, history, s_stopper, train_s, eval_s,
+                                           student_params, s_val, s_test)
+        results["student_history"] = history
+        results["efficiency"].update(
+            student_params=student_params,
+            student_infer_ms=measure_inference_ms(student_embeddings, ds.n_users, device))
+
+    popularity = torch.as_tensor(np.asarray(ds.train.sum(axis=0)).ravel(), dtype=torch.float32, device=device)
+    results["most_popular"] = dict(test=test_eval(lambda users: popularity.repeat(users.numel(), 1)))
+    log(summary_table(results, args.topk))
+
+    if not args.no_plot:
+        histories = {"teacher": results.get("teacher_history", []), "student": results.get("student_history", [])}
+        best = {"teacher": results["teacher"]["best_epoch"]}
+        if "student" in results:
+            best["student"] = results["student"]["best_epoch"]
+        plot_curves(histories, best, os.path.join(run_dir, "curves.png"), title=f"PromptMM on {args.dataset}")
 
     results_path = os.path.join(run_dir, "results.json")
     write_json(results, results_path)

@@ -49,6 +49,7 @@ def build_parser():
     g.add_argument("--seed", type=int, default=2024)
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     g.add_argument("--dry_run", action="store_true", help="one epoch of two batches per stage (smoke test)")
+    g.add_argument("--no_plot", action="store_true", help="do not write curves.png into the run folder")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--topk", type=int, nargs="+", default=[10, 20, 40, 50], help="cut-offs K of the metrics")
