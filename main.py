@@ -1,14 +1,20 @@
 """PromptMM: pre-train a prompt-enhanced multi-modal graph teacher, then distil it into a
 lightweight ID-only student with pair-wise, disentangled list-wise and embedding KD.
 
-    python main.py                                  # both stages on the default movielens data
-    python main.py --dataset tiktok --stage teacher # stage 1 only
+    python main.py                                   # both stages on the default movielens data
+    python main.py --dataset tiktok --stage teacher  # stage 1 only
+    python main.py --resume runs/tiktok/<timestamp>  # continue an interrupted run
 """
+import argparse
 import copy
+import json
 import os
 import random
+import shutil
 import sys
 import time
+import warnings
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -20,16 +26,19 @@ from utility.features import default_cache_dir, item_hard_tokens
 from utility.graph import mean_adj, sym_norm_adj, to_torch_csr
 from utility.load_data import load_dataset
 from utility.objectives import student_terms, teacher_terms
-from utility.parser import parse_args, validate_args
+from utility.parser import build_parser, parse_args, validate_args
 from utility.plots import plot_curves
 from utility.run_io import Logger, new_run_dir, save_checkpoint, write_json
 from utility.sampler import TripleSampler
-from utility.training import format_metrics, train_stage
+from utility.training import Interrupted, NonFiniteLoss, StageState, StopFlag, format_metrics, train_stage
 
 # Flags that define the teacher's architecture and forward pass; a --teacher_ckpt supplies them.
 TEACHER_ARCH = ("embed_size", "cf_layers", "mm_layers", "feat_prompt_weight", "emb_prompt_weight",
                 "mm_fusion_weight", "item_residual", "no_prompt", "no_modalities", "dropout", "prompt_dropout")
+CHECKPOINT = "checkpoint.pt"
 
+
+# ---------------------------------------------------------------- set-up helpers
 
 def resolve_device(name):
     if name == "cuda" and not torch.cuda.is_available():
@@ -45,7 +54,22 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def dataset_folder(args, log):
+def rng_states():
+    states = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def dataset_folder(args):
     """The dataset's folder, building the default movielens data the first time it is asked for."""
     path = os.path.join(args.data_path, args.dataset)
     if args.dataset == "movielens":
@@ -96,8 +120,29 @@ def load_teacher_checkpoint(path, args, ds):
     return ckpt
 
 
-def score_all(user, item, users):
-    return user[users] @ item.T
+def load_resume(run_dir):
+    """(args from the run's own config.json, the run's checkpoint) for --resume."""
+    config_file, ckpt_file = os.path.join(run_dir, "config.json"), os.path.join(run_dir, CHECKPOINT)
+    for file in (config_file, ckpt_file):
+        if not os.path.isfile(file):
+            raise UserError(f"--resume {run_dir}: {os.path.basename(file)} not found; is this a run folder?")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"--resume {run_dir}: cannot read the run's config or checkpoint ({type(e).__name__})") from None
+    known = {a.dest for a in build_parser()._actions}
+    args = argparse.Namespace(**{k: v for k, v in config.items() if k in known})
+    args.resume = run_dir
+    return args, ckpt
+
+
+def open_run_dir(args):
+    try:
+        return new_run_dir(args.runs_dir, args.dataset)
+    except OSError as e:
+        raise UserError(f"--runs_dir {args.runs_dir}: cannot create the run folder ({e.strerror})") from None
 
 
 def measure_inference_ms(embed_fn, n_users, device, repeats=5):
@@ -110,7 +155,7 @@ def measure_inference_ms(embed_fn, n_users, device, repeats=5):
                 torch.cuda.synchronize()
             start = time.perf_counter()
             user, item = embed_fn()
-            scores = score_all(user, item, users)
+            scores = user[users] @ item.T
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - start) * 1e3)
@@ -118,22 +163,22 @@ def measure_inference_ms(embed_fn, n_users, device, repeats=5):
     return float(np.median(times[1:]))
 
 
-def stage_summary(kind, history, stopper, train_seconds, eval_seconds, params, val, test, **extra):
-    return dict(kind=kind, best_epoch=stopper.best_epoch, epochs_run=len(history), params=params,
-                seconds_per_epoch=float(np.mean(train_seconds)) if train_seconds else 0.0,
-                eval_seconds=float(np.median(eval_seconds)) if eval_seconds else 0.0,
-                val=val, test=test, **extra)
+def stage_summary(kind, state, best_epoch, params, val, test):
+    return dict(kind=kind, best_epoch=best_epoch, epochs_run=len(state.history), params=params,
+                seconds_per_epoch=float(np.mean(state.train_seconds)) if state.train_seconds else 0.0,
+                eval_seconds=float(np.median(state.eval_seconds)) if state.eval_seconds else 0.0,
+                val=val, test=test)
 
 
 def summary_table(results, ks):
     """Teacher vs student (and MostPopular) on the test split, with size and inference time."""
-    eff = results.get("efficiency", {})
-    cols = [f"recall@{k}" for k in (20, 50) if k in ks] + [f"ndcg@{k}" for k in (20, 50) if k in ks]
-    rows = [("MostPopular", results["most_popular"]["test"], "-", "-")]
-    rows.append(("teacher", results["teacher"]["test"], results["teacher"]["params"], eff["teacher_infer_ms"]))
+    eff = results["efficiency"]
+    cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (20, 50) if k in ks]
+    rows = [("MostPopular", results["most_popular"]["test"], "-", "-"),
+            ("teacher", results["teacher"]["test"], results["teacher"]["params"], eff["teacher_infer_ms"])]
     if "student" in results:
         rows.append((f"student ({results['student']['kind']})", results["student"]["test"],
-                     results["student"]["params"], eff.get("student_infer_ms", "-")))
+                     results["student"]["params"], eff["student_infer_ms"]))
     header = f"{'test':<16}" + "".join(f"{c:>11}" for c in cols) + f"{'params':>11}{'infer ms':>10}"
     lines = [header, "-" * len(header)]
     for name, test, params, ms in rows:
@@ -142,31 +187,36 @@ def summary_table(results, ks):
     return "\n".join(lines)
 
 
-def run(args):
+# ---------------------------------------------------------------- the run
+
+def run(args, log):
     validate_args(args)
-    log = Logger()
+    resume = None
+    if args.resume:
+        args, resume = load_resume(args.resume)
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
 
-    # ---- data: everything that can fail is checked before the run folder exists ----
-    ds = load_dataset(dataset_folder(args, log), name=args.dataset)
+    # ---- everything that can fail is checked before the run folder exists ----
+    ds = load_dataset(dataset_folder(args), name=args.dataset)
     log(ds.summary())
-    teacher_ckpt = None
     if args.stage == "student" and not args.teacher_ckpt:
         raise UserError("--stage student needs --teacher_ckpt PATH (a teacher.pt from an earlier run)")
-    if args.teacher_ckpt:
-        teacher_ckpt = load_teacher_checkpoint(args.teacher_ckpt, args, ds)
+    teacher_ckpt = load_teacher_checkpoint(args.teacher_ckpt, args, ds) if args.teacher_ckpt else None
     teacher_cfg = {k: getattr(args, k) for k in TEACHER_ARCH}
     if teacher_ckpt is not None:
         teacher_cfg.update({k: teacher_ckpt["config"][k] for k in TEACHER_ARCH})
-    if args.student_init == "teacher" and args.student_embed_size > teacher_cfg["embed_size"]:
+    if args.stage != "teacher" and args.student_init == "teacher" and args.student_embed_size > teacher_cfg["embed_size"]:
         raise UserError(f"--student_embed_size {args.student_embed_size}: larger than the teacher's "
                         f"{teacher_cfg['embed_size']}; cannot initialise from the teacher (use --student_init random)")
-
     cache_dir = default_cache_dir(ds.path, os.path.join(args.runs_dir, ".cache", args.dataset))
-    tokens = item_hard_tokens(ds.modality_feats, teacher_cfg["embed_size"], cache_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tokens = item_hard_tokens(ds.modality_feats, teacher_cfg["embed_size"], cache_dir)
+    for w in caught:
+        log.warn(str(w.message))
     graphs = build_graphs(ds.train, device)
     feats = {m: torch.from_numpy(x).to(device) for m, x in ds.modality_feats.items()}
     tokens = torch.from_numpy(tokens).to(device)
@@ -175,16 +225,34 @@ def run(args):
     test_eval = RankingEvaluator(ds.test, test_exclude, args.topk, device, args.eval_batch_size)
     sampler = TripleSampler(ds.train, args.seed)
 
-    run_dir = new_run_dir(args.runs_dir, args.dataset)
+    run_dir = args.resume or open_run_dir(args)
     log.open(os.path.join(run_dir, "log.txt"))
     config = dict(vars(args), device=str(device), run_dir=run_dir, teacher_arch=teacher_cfg)
-    write_json(config, os.path.join(run_dir, "config.json"))
-    log(f"run folder: {run_dir} | device: {device} | seed: {args.seed}")
-    max_batches = 2 if args.dry_run else None
-    weights = vars(args)
+    config.pop("resume")
+    if resume is None:
+        write_json(config, os.path.join(run_dir, "config.json"))
+        log(f"run folder: {run_dir} | device: {device} | seed: {args.seed}")
+    else:
+        log(f"resuming {run_dir} from the {resume['stage']} stage, epoch {resume['state']['epoch']} "
+            f"batch {resume['state']['batch']}")
+    try:
+        return train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teacher_ckpt, resume,
+                                graphs, feats, tokens, val_eval, test_eval, sampler)
+    except BaseException:
+        if resume is None and not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+            log.close()
+            shutil.rmtree(run_dir, ignore_errors=True)   # nothing worth keeping yet
+        raise
 
-    results = dict(dataset=args.dataset, n_users=ds.n_users, n_items=ds.n_items,
-                   modalities=ds.modality_dims, device=str(device), seed=args.seed, run_dir=run_dir)
+
+def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teacher_ckpt, resume,
+                     graphs, feats, tokens, val_eval, test_eval, sampler):
+    weights = vars(args)
+    max_batches = 2 if args.dry_run else None
+    stop_flag = StopFlag()
+    results = (resume or {}).get("results") or dict(
+        dataset=args.dataset, n_users=ds.n_users, n_items=ds.n_items, modalities=ds.modality_dims,
+        device=str(device), seed=args.seed, run_dir=run_dir)
 
     # ---- stage 1: teacher ----
     seed_everything(args.seed)
@@ -197,13 +265,37 @@ def run(args):
             out = teacher()
         return out.user, out.item
 
-    if teacher_ckpt is None:
-        optimizer = torch.optim.AdamW(teacher.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        best_state = {}
+    def checkpoint(stage, modules, optimizer, best, state):
+        """Everything needed to continue this run exactly where it is."""
+        save_checkpoint(dict(stage=stage, state=asdict(state), models={k: m.state_dict() for k, m in modules.items()},
+                             optimizer=optimizer.state_dict(), best=best, rng=rng_states(),
+                             sampler=sampler.get_state(), results=results),
+                        os.path.join(run_dir, CHECKPOINT))
 
-        def save_teacher(epoch, metrics):
-            best_state["model"] = copy.deepcopy(teacher.state_dict())
-            save_checkpoint(dict(stage="teacher", model=best_state["model"], optimizer=optimizer.state_dict(),
+    def restore(modules, optimizer):
+        for name, module in modules.items():
+            module.load_state_dict(resume["models"][name])
+        optimizer.load_state_dict(resume["optimizer"])
+        set_rng_states(resume["rng"])
+        sampler.set_state(resume["sampler"])
+        return StageState(**resume["state"]), resume["best"]
+
+    if teacher_ckpt is not None:
+        teacher.load_state_dict(teacher_ckpt["model"])
+        if "teacher" not in results:
+            log(f"teacher loaded from {args.teacher_ckpt} (epoch {teacher_ckpt['epoch']})")
+            start = time.perf_counter()
+            val = val_eval(dot_scores(*teacher_embeddings()))
+            state = StageState(eval_seconds=[time.perf_counter() - start])
+            results["teacher"] = stage_summary("teacher", state, teacher_ckpt["epoch"], teacher_params, val,
+                                               test_eval(dot_scores(*teacher_embeddings())))
+    elif resume is None or resume["stage"] == "teacher":
+        optimizer = torch.optim.AdamW(teacher.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        state, best = (StageState(), {}) if resume is None else restore({"teacher": teacher}, optimizer)
+
+        def save_teacher_best(epoch, metrics):
+            best["teacher"] = copy.deepcopy(teacher.state_dict())
+            save_checkpoint(dict(stage="teacher", model=best["teacher"], optimizer=optimizer.state_dict(),
                                  epoch=epoch, best_score=metrics["recall@20"], val=metrics,
                                  config=config, data=data_signature(ds)),
                             os.path.join(run_dir, "teacher.pt"))
@@ -211,32 +303,30 @@ def run(args):
         def teacher_loss(users, pos, neg, extra):
             return teacher_terms(teacher, teacher(), users, pos, neg, weights)
 
-        history, stopper, train_s, eval_s = train_stage(
-            "teacher", train_modules=[teacher], optimizer=optimizer, loss_terms=teacher_loss,
-            sampler=sampler, batch_size=args.batch_size, extra_negatives=0,
-            evaluate_val=lambda: val_eval(dot_scores(*teacher_embeddings())),
-            max_epochs=1 if args.dry_run else args.epoch, patience=args.early_stopping_patience,
-            verbose=args.verbose, on_best=save_teacher, log=log, device=device, max_batches=max_batches)
-        teacher.load_state_dict(best_state["model"])
-        val = history[stopper.best_epoch - 1]["val"]
-        results["teacher_history"] = history
-    else:
-        teacher.load_state_dict(teacher_ckpt["model"])
-        log(f"teacher loaded from {args.teacher_ckpt} (epoch {teacher_ckpt['epoch']})")
-        history, train_s, eval_s = [], [], []
-        stopper = type("Best", (), dict(best_epoch=teacher_ckpt["epoch"]))()
-        start = time.perf_counter()
-        val = val_eval(dot_scores(*teacher_embeddings()))
-        eval_s = [time.perf_counter() - start]
-    test = test_eval(dot_scores(*teacher_embeddings()))
-    log(f"teacher best epoch {stopper.best_epoch}: val {format_metrics(val)} | test {format_metrics(test)}")
-    results["teacher"] = stage_summary("teacher", history, stopper, train_s, eval_s, teacher_params, val, test)
+        with stop_flag:
+            state, stopper = train_stage(
+                "teacher", train_modules=[teacher], optimizer=optimizer, loss_terms=teacher_loss,
+                sampler=sampler, batch_size=args.batch_size, extra_negatives=0,
+                evaluate_val=lambda: val_eval(dot_scores(*teacher_embeddings())),
+                max_epochs=1 if args.dry_run else args.epoch, patience=args.early_stopping_patience,
+                verbose=args.verbose, on_best=save_teacher_best,
+                save=lambda st: checkpoint("teacher", {"teacher": teacher}, optimizer, best, st),
+                log=log, device=device, state=state, stop_flag=stop_flag, nan_policy=args.nan_policy,
+                max_batches=max_batches)
+        teacher.load_state_dict(best["teacher"])
+        val = state.history[stopper.best_epoch - 1]["val"]
+        results["teacher"] = stage_summary("teacher", state, stopper.best_epoch, teacher_params, val,
+                                           test_eval(dot_scores(*teacher_embeddings())))
+        results["teacher_history"] = state.history
+    t = results["teacher"]
+    log(f"teacher best epoch {t['best_epoch']}: val {format_metrics(t['val'])} | test {format_metrics(t['test'])}")
 
     # ---- stage 2: distillation ----
-    teacher.eval()
-    results["efficiency"] = dict(teacher_params=teacher_params,
-                                 teacher_infer_ms=measure_inference_ms(teacher_embeddings, ds.n_users, device))
     if args.stage in ("student", "all"):
+        if resume is not None and resume["stage"] == "student":
+            teacher.load_state_dict(resume["models"]["teacher"])
+        results["efficiency"] = dict(teacher_params=teacher_params,
+                                     teacher_infer_ms=measure_inference_ms(teacher_embeddings, ds.n_users, device))
         teacher_user, teacher_item = teacher_embeddings()
         teacher.freeze_for_distillation()
         prompt_params = [p for p in teacher.parameters() if p.requires_grad]
@@ -246,58 +336,68 @@ def run(args):
                                 hidden=args.student_hidden).to(device)
         if args.student_init == "teacher":
             student.init_embeddings(teacher_user, teacher_item)
-        projector = None
-        if args.student_embed_size != teacher_cfg["embed_size"]:
-            projector = torch.nn.Linear(args.student_embed_size, teacher_cfg["embed_size"], bias=False).to(device)
+        modules = {"student": student, "teacher": teacher}
         groups = [dict(params=list(student.parameters()), lr=args.student_lr)]
-        if projector is not None:
-            groups[0]["params"] += list(projector.parameters())
+        if args.student_embed_size != teacher_cfg["embed_size"]:
+            # maps student embeddings to the teacher's width for the embedding KD only
+            modules["projector"] = torch.nn.Linear(args.student_embed_size, teacher_cfg["embed_size"],
+                                                   bias=False).to(device)
+            groups[0]["params"] += list(modules["projector"].parameters())
         if prompt_params:
             groups.append(dict(params=prompt_params, lr=args.prompt_lr))
         optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+        if resume is not None and resume["stage"] == "student":
+            state, best = restore(modules, optimizer)
+        else:
+            state, best = StageState(), {}
         # without trainable prompts the frozen teacher's outputs never change: compute them once
         fixed_teacher = None
         if not prompt_params:
             with torch.no_grad():
                 fixed_teacher = teacher()
-        best_state = {}
 
         def student_embeddings():
             student.eval()
             with torch.no_grad():
                 return student()
 
-        def save_student(epoch, metrics):
-            best_state["student"] = copy.deepcopy(student.state_dict())
-            best_state["teacher"] = copy.deepcopy(teacher.state_dict())
-            save_checkpoint(dict(stage="student", model=best_state["student"], teacher=best_state["teacher"],
+        def save_student_best(epoch, metrics):
+            best["student"] = copy.deepcopy(student.state_dict())
+            best["teacher"] = copy.deepcopy(teacher.state_dict())
+            save_checkpoint(dict(stage="student", model=best["student"], teacher=best["teacher"],
                                  optimizer=optimizer.state_dict(), epoch=epoch, best_score=metrics["recall@20"],
                                  val=metrics, config=config, data=data_signature(ds)),
                             os.path.join(run_dir, "student.pt"))
 
         def student_loss(users, pos, neg, extra):
             t_out = teacher() if fixed_teacher is None else fixed_teacher
-            return student_terms(student, t_out, users, pos, neg, extra, weights, projector)
+            return student_terms(student, t_out, users, pos, neg, extra, weights, modules.get("projector"))
 
-        history, s_stopper, train_s, eval_s = train_stage(
-            "student", train_modules=[student] + ([projector] if projector is not None else []),
-            optimizer=optimizer, loss_terms=student_loss, sampler=sampler, batch_size=args.batch_size,
-            extra_negatives=args.neg_sample_num,
-            evaluate_val=lambda: val_eval(dot_scores(*student_embeddings())),
-            max_epochs=1 if args.dry_run else args.student_epoch, patience=args.early_stopping_patience,
-            verbose=args.verbose, on_best=save_student, log=log, device=device, max_batches=max_batches)
-        student.load_state_dict(best_state["student"])
-        teacher.load_state_dict(best_state["teacher"])
-        s_val = history[s_stopper.best_epoch - 1]["val"]
-        s_test = test_eval(dot_scores(*student_embeddings()))
-        log(f"student best epoch {s_stopper.best_epoch}: val {format_metrics(s_val)} | test {format_metrics(s_test)}")
+        with stop_flag:
+            state, stopper = train_stage(
+                "student", train_modules=[student] + ([modules["projector"]] if "projector" in modules else []),
+                optimizer=optimizer, loss_terms=student_loss, sampler=sampler, batch_size=args.batch_size,
+                extra_negatives=args.neg_sample_num,
+                evaluate_val=lambda: val_eval(dot_scores(*student_embeddings())),
+                max_epochs=1 if args.dry_run else args.student_epoch, patience=args.early_stopping_patience,
+                verbose=args.verbose, on_best=save_student_best,
+                save=lambda st: checkpoint("student", modules, optimizer, best, st),
+                log=log, device=device, state=state, stop_flag=stop_flag, nan_policy=args.nan_policy,
+                max_batches=max_batches)
+        student.load_state_dict(best["student"])
+        teacher.load_state_dict(best["teacher"])
+        val = state.history[stopper.best_epoch - 1]["val"]
         student_params = count_parameters(student)
-        results["student"] = stage_summary(args.student_model_type, history, s_stopper, train_s, eval_s,
-                                           student_params, s_val, s_test)
-        results["student_history"] = history
-        results["efficiency"].update(
-            student_params=student_params,
-            student_infer_ms=measure_inference_ms(student_embeddings, ds.n_users, device))
+        results["student"] = stage_summary(args.student_model_type, state, stopper.best_epoch, student_params,
+                                           val, test_eval(dot_scores(*student_embeddings())))
+        results["student_history"] = state.history
+        results["efficiency"].update(student_params=student_params,
+                                     student_infer_ms=measure_inference_ms(student_embeddings, ds.n_users, device))
+        s = results["student"]
+        log(f"student best epoch {s['best_epoch']}: val {format_metrics(s['val'])} | test {format_metrics(s['test'])}")
+    else:
+        results["efficiency"] = dict(teacher_params=teacher_params,
+                                     teacher_infer_ms=measure_inference_ms(teacher_embeddings, ds.n_users, device))
 
     popularity = torch.as_tensor(np.asarray(ds.train.sum(axis=0)).ravel(), dtype=torch.float32, device=device)
     results["most_popular"] = dict(test=test_eval(lambda users: popularity.repeat(users.numel(), 1)))
@@ -305,27 +405,33 @@ def run(args):
 
     if not args.no_plot:
         histories = {"teacher": results.get("teacher_history", []), "student": results.get("student_history", [])}
-        best = {"teacher": results["teacher"]["best_epoch"]}
-        if "student" in results:
-            best["student"] = results["student"]["best_epoch"]
-        plot_curves(histories, best, os.path.join(run_dir, "curves.png"), title=f"PromptMM on {args.dataset}")
-
+        best_epochs = {stage: results[stage]["best_epoch"] for stage in ("teacher", "student") if stage in results}
+        plot_curves(histories, best_epochs, os.path.join(run_dir, "curves.png"), title=f"PromptMM on {args.dataset}")
     results_path = os.path.join(run_dir, "results.json")
     write_json(results, results_path)
     if args.results_json:
         write_json(results, args.results_json)
-    log(f"results: {results_path}")
-    log.close()
+    log(f"run folder: {run_dir} (results.json, log.txt{'' if args.no_plot else ', curves.png'})")
     return 0
 
 
 def main(argv=None):
     args = parse_args(argv)
+    log = Logger()
     try:
-        return run(args)
+        return run(args, log)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except NonFiniteLoss as e:
+        log(f"error: {e}")
+        return e.exit_code
+    except Interrupted as e:
+        run_dir = args.resume or (log.path and os.path.dirname(log.path))
+        log(f"interrupted ({e}): checkpoint written; resume with:  python main.py --resume {run_dir}")
+        return e.exit_code
+    finally:
+        log.close()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ def build_parser():
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     g.add_argument("--dry_run", action="store_true", help="one epoch of two batches per stage (smoke test)")
     g.add_argument("--no_plot", action="store_true", help="do not write curves.png into the run folder")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run from RUN_DIR/checkpoint.pt with the run's own config")
+    g.add_argument("--nan_policy", choices=["stop", "skip"], default="stop",
+                   help="a non-finite loss stops the run (keeping the last good checkpoint) or skips the batch")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--topk", type=int, nargs="+", default=[10, 20, 40, 50], help="cut-offs K of the metrics")

@@ -50,9 +50,11 @@ class Logger:
 
     def __init__(self):
         self.file = None
+        self.path = None
         self.pending = []
 
     def open(self, path):
+        self.path = path
         self.file = open(path, "a", encoding="utf-8")
         for line in self.pending:
             self.file.write(line + "\n")

@@ -23,6 +23,12 @@ class TripleSampler:
         if full[self.users].any():
             raise ValueError("a user has interacted with every item: no negative can be sampled")
 
+    def get_state(self):
+        return self.rng.bit_generator.state
+
+    def set_state(self, state):
+        self.rng.bit_generator.state = state
+
     def _is_positive(self, users, items):
         keys = users * self.n_items + items
         pos = np.searchsorted(self.keys, keys)

@@ -1,6 +1,8 @@
-"""One training loop for both stages: epochs of sampled batches, validation, early stopping."""
+"""One training loop for both stages: epochs of sampled batches, validation, early stopping,
+and a resumable position (epoch, batch) that a checkpoint can capture at any batch boundary."""
+import signal
 import time
-from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -34,62 +36,169 @@ class EarlyStopping:
         self.best_score, self.best_epoch, self.bad_evals = state["best_score"], state["best_epoch"], state["bad_evals"]
 
 
+class NonFiniteLoss(Exception):
+    """A loss term became NaN or infinite and the policy is to stop."""
+
+    exit_code = 3
+
+    def __init__(self, stage, epoch, terms):
+        self.stage, self.epoch, self.terms = stage, epoch, terms
+        super().__init__(f"non-finite loss term(s) {', '.join(terms)} in the {stage} stage at epoch {epoch}; "
+                         f"the last good checkpoint is kept (lower the learning rate, or --nan_policy skip)")
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: training stopped at a batch boundary after writing a checkpoint."""
+
+    def __init__(self, signum):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)
+
+
+class StopFlag:
+    """Turns SIGINT / SIGTERM into a flag that the loop checks after every batch."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:   # a second Ctrl-C: give up immediately
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+@dataclass
+class StageState:
+    """Where a stage is: everything the loop needs to continue exactly from a checkpoint."""
+
+    epoch: int = 1                    # epoch in progress (or next to start)
+    batch: int = 0                    # next batch of that epoch
+    sampler_state: dict = None        # sampler RNG state at the start of ``epoch``
+    sums: dict = field(default_factory=dict)
+    partial_seconds: float = 0.0
+    skipped: int = 0                  # batches skipped under --nan_policy skip (this epoch)
+    history: list = field(default_factory=list)
+    stopper: dict = None
+    train_seconds: list = field(default_factory=list)
+    eval_seconds: list = field(default_factory=list)
+    done: bool = False
+
+
 def format_metrics(metrics, keys=("recall@20", "ndcg@20")):
     return " ".join(f"{k} {metrics[k]:.4f}" for k in keys)
 
 
 def train_stage(stage, *, train_modules, optimizer, loss_terms, sampler, batch_size, extra_negatives,
-                evaluate_val, max_epochs, patience, verbose, on_best, log, device, max_batches=None):
+                evaluate_val, max_epochs, patience, verbose, on_best, save, log, device, state=None,
+                stop_flag=None, nan_policy="stop", max_batches=None):
     """Train until ``max_epochs`` or early stopping on validation Recall@20.
 
     loss_terms(users, pos, neg, extra) -> {name: scalar tensor}; their sum is minimised.
-    evaluate_val() -> metrics dict; on_best(epoch, metrics) is called at each new best.
-    Returns (history, early_stopping, train_seconds, eval_seconds).
+    evaluate_val() -> metrics; on_best(epoch, metrics) runs at each new best; save(state) writes a
+    checkpoint (after every epoch, and when a stop is requested). ``state`` resumes a stage.
+    Returns (state, early_stopping).
     """
+    state = state or StageState()
     stopper = EarlyStopping(patience)
-    history, train_seconds, eval_seconds = [], [], []
-    for epoch in range(1, max_epochs + 1):
+    if state.stopper is not None:
+        stopper.load_state_dict(state.stopper)
+    while not state.done and state.epoch <= max_epochs and not stopper.should_stop:
+        epoch = state.epoch
+        if state.batch == 0:
+            state.sampler_state = sampler.get_state()
+            state.sums, state.partial_seconds, state.skipped = {}, 0.0, 0
+        else:  # resuming mid-epoch: replay the epoch's sampling from its starting state
+            sampler.set_state(state.sampler_state)
         start = time.perf_counter()
         users, pos, neg, extra = (None if a is None else torch.as_tensor(a, device=device)
                                   for a in sampler.epoch(extra_negatives))
         for module in train_modules:
             module.train()
-        sums, n_batches = defaultdict(float), 0
-        starts = range(0, users.numel(), batch_size)
+        starts = list(range(0, users.numel(), batch_size))
         if max_batches is not None:
             starts = starts[:max_batches]
-        for lo in tqdm(starts, desc=f"{stage} epoch {epoch}", leave=False, dynamic_ncols=True, disable=None):
-            hi = lo + batch_size
+        sums = {k: torch.as_tensor(v, device=device) for k, v in state.sums.items()}
+        bad_terms = {}
+        for index in tqdm(range(state.batch, len(starts)), desc=f"{stage} epoch {epoch}", leave=False,
+                          dynamic_ncols=True, disable=None):
+            lo, hi = starts[index], starts[index] + batch_size
             terms = loss_terms(users[lo:hi], pos[lo:hi], neg[lo:hi], None if extra is None else extra[lo:hi])
             loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for name, value in terms.items():
-                sums[name] = sums[name] + value.detach()
-            n_batches += 1
+            if nan_policy == "skip" and not bool(torch.isfinite(loss)):
+                state.skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for name, value in terms.items():
+                    value = value.detach()
+                    bad_terms[name] = bad_terms.get(name, False) | ~torch.isfinite(value)
+                    sums[name] = sums.get(name, 0.0) + value
+            state.batch = index + 1
+            if stop_flag is not None and stop_flag.signum is not None and state.batch < len(starts):
+                _check_finite(bad_terms, stage, epoch)
+                state.sums = {k: float(v) for k, v in sums.items()}
+                state.partial_seconds += time.perf_counter() - start
+                state.stopper = stopper.state_dict()
+                save(state)
+                raise Interrupted(stop_flag.signum)
+        _check_finite(bad_terms, stage, epoch)
+        n_batches = max(1, len(starts) - state.skipped)
         losses = {name: float(value) / n_batches for name, value in sums.items()}
-        train_seconds.append(time.perf_counter() - start)
+        state.train_seconds.append(state.partial_seconds + time.perf_counter() - start)
 
-        record = dict(epoch=epoch, loss=sum(losses.values()), terms=losses, seconds=train_seconds[-1])
+        record = dict(epoch=epoch, loss=sum(losses.values()), terms=losses, seconds=state.train_seconds[-1])
         line = (f"{stage:<7} epoch {epoch:4d} | loss {record['loss']:.4f} "
                 + " ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        if state.skipped:
+            record["skipped_batches"] = state.skipped
+            line += f" | skipped {state.skipped} non-finite batches"
         if epoch % verbose == 0 or epoch == max_epochs:
             start = time.perf_counter()
             metrics = evaluate_val()
-            eval_seconds.append(time.perf_counter() - start)
+            state.eval_seconds.append(time.perf_counter() - start)
             record["val"] = metrics
             improved = stopper.update(metrics["recall@20"], epoch)
             if improved:
                 on_best(epoch, metrics)
-            line += (f" | val {format_metrics(metrics)} | {train_seconds[-1]:.1f}s+{eval_seconds[-1]:.2f}s"
+            line += (f" | val {format_metrics(metrics)} | {state.train_seconds[-1]:.1f}s+{state.eval_seconds[-1]:.2f}s"
                      + (" *" if improved else ""))
         else:
-            line += f" | {train_seconds[-1]:.1f}s"
+            line += f" | {state.train_seconds[-1]:.1f}s"
         log(line)
-        history.append(record)
+        state.history.append(record)
+        state.epoch, state.batch = epoch + 1, 0
+        state.sums, state.partial_seconds, state.skipped = {}, 0.0, 0
+        state.stopper = stopper.state_dict()
         if stopper.should_stop:
             log(f"{stage}: early stopping at epoch {epoch}; best validation recall@20 "
                 f"{stopper.best_score:.4f} at epoch {stopper.best_epoch}")
-            break
-    return history, stopper, train_seconds, eval_seconds
+        if stopper.should_stop or state.epoch > max_epochs:
+            state.done = True
+        save(state)
+        if stop_flag is not None and stop_flag.signum is not None and not state.done:
+            raise Interrupted(stop_flag.signum)
+    state.done = True
+    return state, stopper
+
+
+def _check_finite(bad_terms, stage, epoch):
+    bad = [name for name, flag in bad_terms.items() if bool(flag)]
+    if bad:
+        raise NonFiniteLoss(stage, epoch, bad)
