@@ -56,6 +56,19 @@ class PromptModule(nn.Module):
     def forward(self, user_tokens, item_tokens):
         return self.dropout(self.user_proj(user_tokens)), self.dropout(self.item_proj(item_tokens))
 
+    @property
+    def is_linear(self):
+        """True when P_I is exactly item_proj(H_I) (no active dropout)."""
+        return not (self.training and self.dropout.p > 0)
+
+    def item_context(self, token_feats, feat_sums):
+        """P_I^T X = A (H_I^T X) + b (1^T X) for P_I = H_I A^T + b, without forming P_I^T X row by row.
+
+        token_feats = H_I^T X and feat_sums = 1^T X are constants, so this costs d * d_tok * d_m
+        instead of n_items * d * d_m. Exact only when :attr:`is_linear`.
+        """
+        return self.item_proj.weight @ token_feats + self.item_proj.bias[:, None] * feat_sums[None, :]
+
 
 @dataclass
 class TeacherOutput:
@@ -89,7 +102,11 @@ class Teacher(nn.Module):
         for name, graph in graphs.items():
             self.register_buffer(name, graph, persistent=False)
         for name in self.modalities:
-            self.register_buffer(f"feat_{name}", modality_feats[name], persistent=False)
+            feats = modality_feats[name]
+            self.register_buffer(f"feat_{name}", feats, persistent=False)
+            # constants of the prompt lift P_I^T X for a linear prompt module (see item_context)
+            self.register_buffer(f"token_feat_{name}", item_tokens.T @ feats, persistent=False)
+            self.register_buffer(f"feat_sum_{name}", feats.sum(0), persistent=False)
         self.register_buffer("item_tokens", item_tokens, persistent=False)
         self.register_buffer("user_tokens", torch.sparse.mm(graphs["user_mean"], item_tokens), persistent=False)
 
@@ -102,19 +119,48 @@ class Teacher(nn.Module):
             nn.init.zeros_(layer.bias)
         self.dropout = nn.Dropout(dropout)
         self.prompt_module = PromptModule(item_tokens.shape[1], embed_size, prompt_dropout) if use_prompt else None
+        self._frozen_reduced = {}   # modality -> (parameter versions, X W + b) while the reducers are frozen
 
     def prompts(self):
         if self.prompt_module is None:
             return None, None
         return self.prompt_module(self.user_tokens, self.item_tokens)
 
+    def _reduce_plain(self, name):
+        """X^m W_m + b_m, cached while the reducer is frozen (stage 2) and unchanged."""
+        layer = self.reducers[name]
+        if layer.weight.requires_grad or layer.bias.requires_grad:
+            return layer(getattr(self, f"feat_{name}"))
+        versions = (layer.weight._version, layer.bias._version, id(layer.weight), id(layer.bias))
+        cached = self._frozen_reduced.get(name)
+        if cached is None or cached[0] != versions or cached[1].device != layer.weight.device:
+            with torch.no_grad():
+                cached = (versions, layer(getattr(self, f"feat_{name}")))
+            self._frozen_reduced[name] = cached
+        return cached[1]
+
+    def reduce_features(self, name, prompt_item):
+        """h^m = drop((X^m + lambda_f norm(P_I (P_I^T X^m))) W_m + b_m), computed in the d-wide space.
+
+        With C = P_I^T X, the lifted prompt p = P_I C has row norms sqrt(P_i (C C^T) P_i^T), and
+        norm(p) W = diag(1/|p_i|) P_I (C W^T): the (n_items, d_m) lifted matrix is never formed.
+        """
+        h = self._reduce_plain(name)
+        if prompt_item is not None and self.feat_prompt_weight:
+            layer = self.reducers[name]
+            if self.prompt_module.is_linear:
+                context = self.prompt_module.item_context(getattr(self, f"token_feat_{name}"),
+                                                          getattr(self, f"feat_sum_{name}"))
+            else:
+                context = prompt_item.T @ getattr(self, f"feat_{name}")
+            sq_norms = ((prompt_item @ (context @ context.T)) * prompt_item).sum(1)
+            norms = sq_norms.clamp_min(0).sqrt().clamp_min(1e-12)        # F.normalize's eps
+            h = h + self.feat_prompt_weight * (prompt_item @ (context @ layer.weight.T)) / norms[:, None]
+        return self.dropout(h)
+
     def modality_knowledge(self, name, prompt_item):
         """f^m_U, f^m_I of one modality: prompt-enhanced reduction then the modality GNN."""
-        feats = getattr(self, f"feat_{name}")
-        if prompt_item is not None and self.feat_prompt_weight:
-            lifted = prompt_item @ (prompt_item.T @ feats)           # p^m = P_I (P_I^T X^m)
-            feats = feats + self.feat_prompt_weight * F.normalize(lifted, dim=1)
-        h = self.dropout(self.reducers[name](feats))
+        h = self.reduce_features(name, prompt_item)
         item = h
         for _ in range(self.mm_layers):
             user = spmm(self.user_mean, self.user_mean_t, item)      # Abar_ui f_I
@@ -178,8 +224,13 @@ class MLPStudent(_IDEmbeddings):
         return emb + self.mlp(emb)
 
     def embed(self, users, items):
-        """Refined embeddings of the given users and items (any index shapes)."""
-        return self.refine(self.user_emb[users]), self.refine(self.item_emb[items])
+        """Refined embeddings of the given users and items (any index shapes).
+
+        The MLP runs once per distinct id of the batch, not once per occurrence.
+        """
+        users, user_pos = torch.unique(users, return_inverse=True)
+        items, item_pos = torch.unique(items, return_inverse=True)
+        return self.refine(self.user_emb[users])[user_pos], self.refine(self.item_emb[items])[item_pos]
 
     def forward(self):
         return self.refine(self.user_emb), self.refine(self.item_emb)
