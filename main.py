@@ -211,6 +211,10 @@ def run(args, log):
     if args.stage != "teacher" and args.student_init == "teacher" and args.student_embed_size > teacher_cfg["embed_size"]:
         raise UserError(f"--student_embed_size {args.student_embed_size}: larger than the teacher's "
                         f"{teacher_cfg['embed_size']}; cannot initialise from the teacher (use --student_init random)")
+    if args.results_json:
+        folder = os.path.dirname(os.path.abspath(args.results_json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UserError(f"--results_json {args.results_json}: cannot write into {folder}")
     cache_dir = default_cache_dir(ds.path, os.path.join(args.runs_dir, ".cache", args.dataset))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -29,6 +29,7 @@ SPLITS = ("train", "val", "test")
 JSON_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}
 PICKLE_FILES = {"train": "trnMat.pkl", "val": "valMat.pkl", "test": "tstMat.pkl"}
 FEATURE_SUFFIX = "_feat.npy"
+MAX_ID = 2 ** 31 - 1   # ids index int32-addressable tensors
 
 
 @dataclass
@@ -117,8 +118,8 @@ def load_modality_features(path):
             if "allow_pickle" in str(e) or "Object arrays" in str(e):
                 raise file_error(file, "holds an object array; expected a numeric (n_items, dim) array") from None
             raise file_error(file, f"not a readable .npy array ({e})") from None
-        except (OSError, EOFError) as e:
-            raise file_error(file, f"cannot be read ({e})") from None
+        except Exception as e:  # truncated or foreign files fail in numpy in several ways
+            raise file_error(file, f"cannot be read as a .npy array ({type(e).__name__}: {e})") from None
         if x.dtype.kind not in "fiub":
             raise file_error(file, f"has dtype {x.dtype}; expected a numeric array")
         if x.ndim != 2:
@@ -155,11 +156,15 @@ def _read_json_split(file):
             raise file_error(file, f"user id {key!r} is not an integer") from None
         if user < 0:
             raise file_error(file, f"user id {user} is negative")
+        if user >= MAX_ID:
+            raise file_error(file, f"user id {user} is out of range")
         if not isinstance(value, list):
             raise file_error(file, f"user {key}: expected a list of item ids, got {type(value).__name__}")
         if not all(type(i) is int for i in value):
             bad = next(i for i in value if type(i) is not int)
             raise file_error(file, f"user {key}: item id {bad!r} is not an integer")
+        if value and max(value) >= MAX_ID:
+            raise file_error(file, f"user {key}: item id {max(value)} is out of range")
         row = np.asarray(value, dtype=np.int64)
         if row.size and row.min() < 0:
             raise file_error(file, f"user {key}: item id {int(row.min())} is negative")
