@@ -21,6 +21,7 @@ import torch
 
 from Models import Teacher, build_student, count_parameters
 from utility.errors import UserError
+from utility.distributed import Distributed, launched_by_torchrun
 from utility.evaluate import RankingEvaluator, dot_scores
 from utility.features import default_cache_dir, item_hard_tokens
 from utility.graph import mean_adj, sym_norm_adj, to_torch_csr
@@ -189,12 +190,12 @@ def summary_table(results, ks):
 
 # ---------------------------------------------------------------- the run
 
-def run(args, log):
+def run(args, log, dist=None):
     validate_args(args)
     resume = None
     if args.resume:
         args, resume = load_resume(args.resume)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device) if dist is None else dist.device
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -224,34 +225,53 @@ def run(args, log):
     graphs = build_graphs(ds.train, device)
     feats = {m: torch.from_numpy(x).to(device) for m, x in ds.modality_feats.items()}
     tokens = torch.from_numpy(tokens).to(device)
-    val_eval = RankingEvaluator(ds.val, [ds.train], args.topk, device, args.eval_batch_size)
+    shard = None if dist is None else (dist.rank, dist.world_size)
+    reduce = None if dist is None else dist.sum
+    val_eval = RankingEvaluator(ds.val, [ds.train], args.topk, device, args.eval_batch_size, shard, reduce)
     test_exclude = [ds.train, ds.val] if args.exclude_val else [ds.train]
-    test_eval = RankingEvaluator(ds.test, test_exclude, args.topk, device, args.eval_batch_size)
-    sampler = TripleSampler(ds.train, args.seed)
+    test_eval = RankingEvaluator(ds.test, test_exclude, args.topk, device, args.eval_batch_size, shard, reduce)
+    sampler = TripleSampler(ds.train, args.seed)   # the same epochs on every rank; each takes its rows
 
-    run_dir = args.resume or open_run_dir(args)
+    if dist is None:
+        run_dir = args.resume or open_run_dir(args)
+    else:   # only rank 0 writes; it creates the folder and tells the others
+        failure, run_dir = None, args.resume
+        if dist.is_main and run_dir is None:
+            try:
+                run_dir = open_run_dir(args)
+            except UserError as e:
+                failure = str(e)
+        failure, run_dir = dist.broadcast((failure, run_dir))
+        if failure:
+            raise UserError(failure)
     log.open(os.path.join(run_dir, "log.txt"))
     config = dict(vars(args), device=str(device), run_dir=run_dir, teacher_arch=teacher_cfg)
     config.pop("resume")
+    if dist is not None:
+        config["world_size"] = dist.world_size
     if resume is None:
-        write_json(config, os.path.join(run_dir, "config.json"))
-        log(f"run folder: {run_dir} | device: {device} | seed: {args.seed}")
+        if dist is None or dist.is_main:
+            write_json(config, os.path.join(run_dir, "config.json"))
+        log(f"run folder: {run_dir} | device: {device} | seed: {args.seed}"
+            + (f" | {dist.world_size} processes, global batch {dist.world_size * args.batch_size}" if dist else ""))
     else:
         log(f"resuming {run_dir} from the {resume['stage']} stage, epoch {resume['state']['epoch']} "
             f"batch {resume['state']['batch']}")
     try:
         return train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teacher_ckpt, resume,
-                                graphs, feats, tokens, val_eval, test_eval, sampler)
+                                graphs, feats, tokens, val_eval, test_eval, sampler, dist)
     except BaseException:
-        if resume is None and not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        if (dist is None or dist.is_main) and resume is None and not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
             log.close()
             shutil.rmtree(run_dir, ignore_errors=True)   # nothing worth keeping yet
         raise
 
 
 def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teacher_ckpt, resume,
-                     graphs, feats, tokens, val_eval, test_eval, sampler):
+                     graphs, feats, tokens, val_eval, test_eval, sampler, dist=None):
     weights = vars(args)
+    writer = dist is None or dist.is_main         # only one process writes files
+    parallel = dict(dist=dist, check_replicas=args.check_replicas)
     max_batches = 2 if args.dry_run else None
     stop_flag = StopFlag()
     results = (resume or {}).get("results") or dict(
@@ -262,6 +282,8 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
     seed_everything(args.seed)
     teacher = build_teacher(teacher_cfg, graphs, feats, tokens).to(device)
     teacher_params = count_parameters(teacher)
+    if dist is not None:
+        torch.manual_seed(args.seed + dist.rank)   # same initial weights everywhere, per-rank dropout
 
     def teacher_embeddings():
         teacher.eval()
@@ -271,6 +293,8 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
 
     def checkpoint(stage, modules, optimizer, best, state):
         """Everything needed to continue this run exactly where it is."""
+        if not writer:
+            return
         save_checkpoint(dict(stage=stage, state=asdict(state), models={k: m.state_dict() for k, m in modules.items()},
                              optimizer=optimizer.state_dict(), best=best, rng=rng_states(),
                              sampler=sampler.get_state(), results=results),
@@ -299,10 +323,11 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
 
         def save_teacher_best(epoch, metrics):
             best["teacher"] = copy.deepcopy(teacher.state_dict())
-            save_checkpoint(dict(stage="teacher", model=best["teacher"], optimizer=optimizer.state_dict(),
-                                 epoch=epoch, best_score=metrics["recall@20"], val=metrics,
-                                 config=config, data=data_signature(ds)),
-                            os.path.join(run_dir, "teacher.pt"))
+            if writer:
+                    save_checkpoint(dict(stage="teacher", model=best["teacher"], optimizer=optimizer.state_dict(),
+                                     epoch=epoch, best_score=metrics["recall@20"], val=metrics,
+                                     config=config, data=data_signature(ds)),
+                                os.path.join(run_dir, "teacher.pt"))
 
         def teacher_loss(users, pos, neg, extra):
             return teacher_terms(teacher, teacher(), users, pos, neg, weights)
@@ -316,7 +341,7 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
                 verbose=args.verbose, on_best=save_teacher_best,
                 save=lambda st: checkpoint("teacher", {"teacher": teacher}, optimizer, best, st),
                 log=log, device=device, state=state, stop_flag=stop_flag, nan_policy=args.nan_policy,
-                max_batches=max_batches)
+                max_batches=max_batches, **parallel)
         teacher.load_state_dict(best["teacher"])
         val = state.history[stopper.best_epoch - 1]["val"]
         results["teacher"] = stage_summary("teacher", state, stopper.best_epoch, teacher_params, val,
@@ -334,7 +359,7 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
         teacher_user, teacher_item = teacher_embeddings()
         teacher.freeze_for_distillation()
         prompt_params = [p for p in teacher.parameters() if p.requires_grad]
-        seed_everything(args.seed + 1)
+        seed_everything(args.seed + 1)   # the same student initialisation on every rank
         student = build_student(args.student_model_type, ds.n_users, ds.n_items, args.student_embed_size,
                                 adj=graphs["adj"], n_layers=args.student_layers,
                                 hidden=args.student_hidden).to(device)
@@ -368,10 +393,11 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
         def save_student_best(epoch, metrics):
             best["student"] = copy.deepcopy(student.state_dict())
             best["teacher"] = copy.deepcopy(teacher.state_dict())
-            save_checkpoint(dict(stage="student", model=best["student"], teacher=best["teacher"],
-                                 optimizer=optimizer.state_dict(), epoch=epoch, best_score=metrics["recall@20"],
-                                 val=metrics, config=config, data=data_signature(ds)),
-                            os.path.join(run_dir, "student.pt"))
+            if writer:
+                save_checkpoint(dict(stage="student", model=best["student"], teacher=best["teacher"],
+                                     optimizer=optimizer.state_dict(), epoch=epoch, best_score=metrics["recall@20"],
+                                     val=metrics, config=config, data=data_signature(ds)),
+                                os.path.join(run_dir, "student.pt"))
 
         def student_loss(users, pos, neg, extra):
             t_out = teacher() if fixed_teacher is None else fixed_teacher
@@ -387,7 +413,7 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
                 verbose=args.verbose, on_best=save_student_best,
                 save=lambda st: checkpoint("student", modules, optimizer, best, st),
                 log=log, device=device, state=state, stop_flag=stop_flag, nan_policy=args.nan_policy,
-                max_batches=max_batches)
+                max_batches=max_batches, **parallel)
         student.load_state_dict(best["student"])
         teacher.load_state_dict(best["teacher"])
         val = state.history[stopper.best_epoch - 1]["val"]
@@ -407,6 +433,8 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
     results["most_popular"] = dict(test=test_eval(lambda users: popularity.repeat(users.numel(), 1)))
     log(summary_table(results, args.topk))
 
+    if not writer:
+        return 0
     if not args.no_plot:
         histories = {"teacher": results.get("teacher_history", []), "student": results.get("student_history", [])}
         best_epochs = {stage: results[stage]["best_epoch"] for stage in ("teacher", "student") if stage in results}
@@ -421,9 +449,16 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
 
 def main(argv=None):
     args = parse_args(argv)
-    log = Logger()
+    dist = None
+    if launched_by_torchrun():
+        if args.device == "cuda" and not torch.cuda.is_available():
+            print("error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
+            return 2
+        use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        dist = Distributed("cuda" if use_cuda else "cpu")
+    log = Logger(enabled=dist is None or dist.is_main)
     try:
-        return run(args, log)
+        return run(args, log, dist)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -436,6 +471,8 @@ def main(argv=None):
         return e.exit_code
     finally:
         log.close()
+        if dist is not None:
+            dist.close()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 
 from utility.metrics import metric_sums
 
-SCORE_BUDGET = 1 << 26  # float32 scores per batch (256 MB)
+SCORE_BUDGET = 1 << 23  # float32 scores per batch (32 MB)
 
 
 def _csr_to_device(mat, device):
@@ -28,7 +28,7 @@ class RankingEvaluator:
     each evaluate a disjoint part and sum their results.
     """
 
-    def __init__(self, truth, exclude, ks, device, batch_size=4096, shard=None):
+    def __init__(self, truth, exclude, ks, device, batch_size=4096, shard=None, reduce=None):
         truth = sp.csr_matrix(truth)
         self.n_items = truth.shape[1]
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
@@ -45,6 +45,7 @@ class RankingEvaluator:
         self.ks = sorted(set(ks))
         self.device = device
         self.batch_size = max(1, min(batch_size, SCORE_BUDGET // max(1, self.n_items)))
+        self.reduce = reduce   # sums the totals of all processes (distributed evaluation)
 
     @staticmethod
     def _block_rows(ptr, start, end):
@@ -80,6 +81,11 @@ class RankingEvaluator:
     def __call__(self, score_fn):
         """Mean of every metric over the evaluated users: {"recall@20": float, ...}."""
         sums, count = self.metric_sums(score_fn)
+        if self.reduce is not None:
+            names = sorted(sums)
+            totals = self.reduce(torch.stack([sums[k] for k in names] + [torch.tensor(float(count), dtype=torch.float64,
+                                                                                         device=self.device)]))
+            sums, count = dict(zip(names, totals[:-1])), int(totals[-1])
         return {k: float(v) / max(1, count) for k, v in sums.items()}
 
 

@@ -52,6 +52,8 @@ def build_parser():
     g.add_argument("--no_plot", action="store_true", help="do not write curves.png into the run folder")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run from RUN_DIR/checkpoint.pt with the run's own config")
+    g.add_argument("--check_replicas", action="store_true",
+                   help="distributed runs: verify after every step that all ranks hold identical parameters (slow)")
     g.add_argument("--nan_policy", choices=["stop", "skip"], default="stop",
                    help="a non-finite loss stops the run (keeping the last good checkpoint) or skips the batch")
 
@@ -66,7 +68,8 @@ def build_parser():
 
     g = p.add_argument_group("teacher (stage 1)")
     g.add_argument("--epoch", type=int, default=300, help="maximum teacher epochs")
-    g.add_argument("--batch_size", type=int, default=2048, help="BPR triples per step")
+    g.add_argument("--batch_size", type=int, default=2048,
+                   help="BPR triples per step (per process under torchrun: the global batch is N times this)")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW decoupled weight decay")
     g.add_argument("--reg", type=float, default=1e-4, help="L2 penalty on the batch's ID embeddings")

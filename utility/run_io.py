@@ -48,12 +48,15 @@ def new_run_dir(runs_dir, dataset):
 class Logger:
     """Prints lines to stdout and appends them to ``log.txt`` once the run folder exists."""
 
-    def __init__(self):
+    def __init__(self, enabled=True):
+        self.enabled = enabled   # False on the non-main ranks of a distributed run
         self.file = None
         self.path = None
         self.pending = []
 
     def open(self, path):
+        if not self.enabled:
+            return
         self.path = path
         self.file = open(path, "a", encoding="utf-8")
         for line in self.pending:
@@ -62,6 +65,8 @@ class Logger:
         self.file.flush()
 
     def __call__(self, line=""):
+        if not self.enabled:
+            return
         print(line, flush=True)
         if self.file is None:
             self.pending.append(line)
@@ -70,6 +75,8 @@ class Logger:
             self.file.flush()
 
     def warn(self, message):
+        if not self.enabled:
+            return
         print(f"warning: {message}", file=sys.stderr, flush=True)
         if self.file is None:
             self.pending.append(f"warning: {message}")

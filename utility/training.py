@@ -105,15 +105,21 @@ def format_metrics(metrics, keys=("recall@20", "ndcg@20")):
 
 def train_stage(stage, *, train_modules, optimizer, loss_terms, sampler, batch_size, extra_negatives,
                 evaluate_val, max_epochs, patience, verbose, on_best, save, log, device, state=None,
-                stop_flag=None, nan_policy="stop", max_batches=None):
+                stop_flag=None, nan_policy="stop", max_batches=None, dist=None, check_replicas=False):
     """Train until ``max_epochs`` or early stopping on validation Recall@20.
 
     loss_terms(users, pos, neg, extra) -> {name: scalar tensor}; their sum is minimised.
     evaluate_val() -> metrics; on_best(epoch, metrics) runs at each new best; save(state) writes a
     checkpoint (after every epoch, and when a stop is requested). ``state`` resumes a stage.
+    With ``dist`` (utility.distributed.Distributed), ``batch_size`` is per rank: each global batch
+    of world_size * batch_size rows is split across ranks and the gradients are all-reduced.
     Returns (state, early_stopping).
     """
     state = state or StageState()
+    world = dist.world_size if dist is not None else 1
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    stop_requested = ((lambda: stop_flag is not None and stop_flag.signum is not None) if dist is None else
+                      (lambda: dist.any(stop_flag is not None and stop_flag.signum is not None)))
     stopper = EarlyStopping(patience)
     if state.stopper is not None:
         stopper.load_state_dict(state.stopper)
@@ -129,37 +135,54 @@ def train_stage(stage, *, train_modules, optimizer, loss_terms, sampler, batch_s
                                   for a in sampler.epoch(extra_negatives))
         for module in train_modules:
             module.train()
-        starts = list(range(0, users.numel(), batch_size))
+        step = batch_size * world
+        starts = list(range(0, users.numel(), step))
         if max_batches is not None:
             starts = starts[:max_batches]
         sums = {k: torch.as_tensor(v, device=device) for k, v in state.sums.items()}
         bad_terms = {}
         for index in tqdm(range(state.batch, len(starts)), desc=f"{stage} epoch {epoch}", leave=False,
-                          dynamic_ncols=True, disable=None):
-            lo, hi = starts[index], starts[index] + batch_size
-            terms = loss_terms(users[lo:hi], pos[lo:hi], neg[lo:hi], None if extra is None else extra[lo:hi])
-            loss = sum(terms.values())
-            if nan_policy == "skip" and not bool(torch.isfinite(loss)):
+                          dynamic_ncols=True, disable=None if dist is None or dist.is_main else True):
+            rows = slice(starts[index], starts[index] + step)
+            global_rows = users[rows].numel()
+            mine = slice(None) if dist is None else dist.shard(global_rows)
+            batch = [None if a is None else a[rows][mine] for a in (users, pos, neg, extra)]
+            local_rows = batch[0].numel()
+            optimizer.zero_grad(set_to_none=True)
+            terms = loss_terms(*batch) if local_rows else {}
+            loss = sum(terms.values()) if terms else torch.zeros((), device=device)
+            non_finite = nan_policy == "skip" and not bool(torch.isfinite(loss))
+            if dist is not None and nan_policy == "skip":
+                non_finite = dist.any(non_finite)
+            if non_finite:
                 state.skipped += 1
-                optimizer.zero_grad(set_to_none=True)
             else:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if terms:
+                    loss.backward()
+                if dist is not None:
+                    dist.sync_gradients(params, local_rows, global_rows)
                 optimizer.step()
+                if check_replicas and dist is not None:
+                    dist.check_replicas(params)
                 for name, value in terms.items():
                     value = value.detach()
                     bad_terms[name] = bad_terms.get(name, False) | ~torch.isfinite(value)
-                    sums[name] = sums.get(name, 0.0) + value
+                    sums[name] = sums.get(name, 0.0) + value * (local_rows / global_rows)
             state.batch = index + 1
-            if stop_flag is not None and stop_flag.signum is not None and state.batch < len(starts):
-                _check_finite(bad_terms, stage, epoch)
+            if state.batch < len(starts) and stop_requested():
+                _check_finite(bad_terms, stage, epoch, dist)
                 state.sums = {k: float(v) for k, v in sums.items()}
                 state.partial_seconds += time.perf_counter() - start
                 state.stopper = stopper.state_dict()
                 save(state)
-                raise Interrupted(stop_flag.signum)
-        _check_finite(bad_terms, stage, epoch)
+                raise Interrupted(stop_flag.signum or signal.SIGTERM)
+        _check_finite(bad_terms, stage, epoch, dist)
         n_batches = max(1, len(starts) - state.skipped)
+        if dist is not None:   # every rank's share of each batch mean, summed
+            names = loss_names(sums, dist)
+            total = dist.sum(torch.stack([torch.as_tensor(sums.get(n, 0.0), device=device, dtype=torch.float32)
+                                          for n in names])) if names else []
+            sums = dict(zip(names, total))
         losses = {name: float(value) / n_batches for name, value in sums.items()}
         state.train_seconds.append(state.partial_seconds + time.perf_counter() - start)
 
@@ -192,13 +215,23 @@ def train_stage(stage, *, train_modules, optimizer, loss_terms, sampler, batch_s
         if stopper.should_stop or state.epoch > max_epochs:
             state.done = True
         save(state)
-        if stop_flag is not None and stop_flag.signum is not None and not state.done:
-            raise Interrupted(stop_flag.signum)
+        if not state.done and stop_requested():
+            raise Interrupted(stop_flag.signum or signal.SIGTERM)
     state.done = True
     return state, stopper
 
 
-def _check_finite(bad_terms, stage, epoch):
+def loss_names(sums, dist):
+    """The loss-term names of all ranks (a rank without rows in some batch may lack some), in order."""
+    names = []
+    for rank_names in dist.broadcast_all(list(sums)):
+        names += [n for n in rank_names if n not in names]
+    return names
+
+
+def _check_finite(bad_terms, stage, epoch, dist=None):
     bad = [name for name, flag in bad_terms.items() if bool(flag)]
+    if dist is not None:
+        bad = sorted(set().union(*dist.broadcast_all(bad)))
     if bad:
         raise NonFiniteLoss(stage, epoch, bad)

@@ -1,0 +1,92 @@
+"""Two CPU processes (Gloo) under torchrun against one process with the same global batch."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from data.synthetic import make_synthetic
+from tinydata import ROOT
+
+COMMON = ["--epoch", "2", "--student_epoch", "2", "--embed_size", "16", "--threads", "1", "--no_plot",
+          "--dropout", "0", "--prompt_dropout", "0"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic("tiktok", root / "synth", scale=0.02, seed=3, verbose=False)
+    return str(root)
+
+
+def results(runs):
+    folders = glob.glob(os.path.join(str(runs), "synth", "*"))
+    assert len(folders) == 1, folders          # exactly one run folder, written by rank 0
+    with open(os.path.join(folders[0], "results.json")) as f:
+        return json.load(f), folders[0]
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(dataset, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          os.path.join(ROOT, "main.py"), "--data_path", dataset, "--dataset", "synth",
+                          "--runs_dir", str(tmp_path / "ddp"), "--batch_size", "64", "--check_replicas", *COMMON],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--data_path", dataset, "--dataset", "synth",
+                          "--runs_dir", str(tmp_path / "single"), "--batch_size", "128", *COMMON],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ddp, folder = results(tmp_path / "ddp")
+    single, _ = results(tmp_path / "single")
+    with open(os.path.join(folder, "config.json")) as f:
+        assert json.load(f)["world_size"] == 2
+    for stage in ("teacher", "student"):
+        for split in ("val", "test"):
+            for metric, value in single[stage][split].items():
+                assert ddp[stage][split][metric] == pytest.approx(value, rel=1e-3, abs=1e-4), (stage, split, metric)
+        for a, b in zip(ddp[f"{stage}_history"], single[f"{stage}_history"]):
+            assert a["terms"] == pytest.approx(b["terms"], rel=1e-4)
+    # the per-step replica check ran (and would have failed the run had the ranks diverged)
+    assert "global batch 128" in open(os.path.join(folder, "log.txt")).read()
+
+
+def _replica_worker(rank, port, perturb, outcome):
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    from utility.distributed import Distributed
+    d = Distributed("cpu")
+    params = [torch.nn.Parameter(torch.arange(6.0).reshape(2, 3))]
+    # gradients weighted by rows: rank 0 has 3 rows of gradient 1, rank 1 has 1 row of gradient 5
+    params[0].grad = torch.full((2, 3), 1.0 if rank == 0 else 5.0)
+    d.sync_gradients(params, 3 if rank == 0 else 1, 4)
+    outcome[f"grad{rank}"] = params[0].grad[0, 0].item()
+    if perturb and rank == 1:
+        with torch.no_grad():
+            params[0][0, 0] += 1e-6
+    try:
+        d.check_replicas(params)
+        outcome[f"check{rank}"] = "same"
+    except RuntimeError:
+        outcome[f"check{rank}"] = "differ"
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("perturb", [False, True])
+def test_gradient_weighting_and_replica_check(perturb):
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outcome = mp.Manager().dict()
+    mp.spawn(_replica_worker, args=(port, perturb, outcome), nprocs=2, join=True)
+    assert outcome["grad0"] == outcome["grad1"] == pytest.approx((3 * 1.0 + 1 * 5.0) / 4)
+    expected = "differ" if perturb else "same"
+    assert outcome["check0"] == outcome["check1"] == expected
