@@ -126,7 +126,8 @@ def load_resume(run_dir):
     config_file, ckpt_file = os.path.join(run_dir, "config.json"), os.path.join(run_dir, CHECKPOINT)
     for file in (config_file, ckpt_file):
         if not os.path.isfile(file):
-            raise UserError(f"--resume {run_dir}: {os.path.basename(file)} not found; is this a run folder?")
+            raise UserError(f"--resume {run_dir}: {os.path.basename(file)} not found (not a run folder, or the run "
+                            f"stopped before its first epoch ended: start it again)")
     try:
         with open(config_file, encoding="utf-8") as f:
             config = json.load(f)
