@@ -147,8 +147,12 @@ def open_run_dir(args):
         raise UserError(f"--runs_dir {args.runs_dir}: cannot create the run folder ({e.strerror})") from None
 
 
-def measure_inference_ms(embed_fn, n_users, device, repeats=5):
-    """Median milliseconds to compute what serving needs and score every item for 1024 users."""
+def measure_inference_ms(serve_fn, n_users, device, repeats=5):
+    """Median milliseconds to compute what serving needs and score every item for 1024 users.
+
+    serve_fn(users) -> (embeddings of those users, embeddings of every item), computing everything
+    the model needs at serving time (the teacher: its whole forward pass with the modality features).
+    """
     users = torch.arange(min(1024, n_users), device=device)
     times = []
     with torch.no_grad():
@@ -156,8 +160,8 @@ def measure_inference_ms(embed_fn, n_users, device, repeats=5):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            user, item = embed_fn()
-            scores = user[users] @ item.T
+            user, item = serve_fn(users)
+            scores = user @ item.T
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - start) * 1e3)
@@ -292,6 +296,10 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
             out = teacher()
         return out.user, out.item
 
+    def teacher_serving(users):
+        user, item = teacher_embeddings()
+        return user[users], item
+
     def checkpoint(stage, modules, optimizer, best, state):
         """Everything needed to continue this run exactly where it is."""
         if not writer:
@@ -356,7 +364,7 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
         if resume is not None and resume["stage"] == "student":
             teacher.load_state_dict(resume["models"]["teacher"])
         results["efficiency"] = dict(teacher_params=teacher_params,
-                                     teacher_infer_ms=measure_inference_ms(teacher_embeddings, ds.n_users, device))
+                                     teacher_infer_ms=measure_inference_ms(teacher_serving, ds.n_users, device))
         teacher_user, teacher_item = teacher_embeddings()
         teacher.freeze_for_distillation()
         prompt_params = [p for p in teacher.parameters() if p.requires_grad]
@@ -422,13 +430,15 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
         results["student"] = stage_summary(args.student_model_type, state, stopper.best_epoch, student_params,
                                            val, test_eval(dot_scores(*student_embeddings())))
         results["student_history"] = state.history
-        results["efficiency"].update(student_params=student_params,
-                                     student_infer_ms=measure_inference_ms(student_embeddings, ds.n_users, device))
+        all_items = torch.arange(ds.n_items, device=device)
+        student.eval()
+        results["efficiency"].update(student_params=student_params, student_infer_ms=measure_inference_ms(
+            lambda users: student.embed(users, all_items), ds.n_users, device))
         s = results["student"]
         log(f"student best epoch {s['best_epoch']}: val {format_metrics(s['val'])} | test {format_metrics(s['test'])}")
     else:
         results["efficiency"] = dict(teacher_params=teacher_params,
-                                     teacher_infer_ms=measure_inference_ms(teacher_embeddings, ds.n_users, device))
+                                     teacher_infer_ms=measure_inference_ms(teacher_serving, ds.n_users, device))
 
     popularity = torch.as_tensor(np.asarray(ds.train.sum(axis=0)).ravel(), dtype=torch.float32, device=device)
     results["most_popular"] = dict(test=test_eval(lambda users: popularity.repeat(users.numel(), 1)))
