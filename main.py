@@ -185,11 +185,11 @@ def summary_table(results, ks):
     if "student" in results:
         rows.append((f"student ({results['student']['kind']})", results["student"]["test"],
                      results["student"]["params"], eff["student_infer_ms"]))
-    header = f"{'test':<16}" + "".join(f"{c:>11}" for c in cols) + f"{'params':>11}{'infer ms':>10}"
+    header = f"{'test':<20}" + "".join(f"{c:>11}" for c in cols) + f"{'params':>11}{'infer ms':>10}"
     lines = [header, "-" * len(header)]
     for name, test, params, ms in rows:
         ms = f"{ms:.1f}" if isinstance(ms, float) else ms
-        lines.append(f"{name:<16}" + "".join(f"{test[c]:>11.4f}" for c in cols) + f"{params:>11}{ms:>10}")
+        lines.append(f"{name:<20}" + "".join(f"{test[c]:>11.4f}" for c in cols) + f"{params:>11}{ms:>10}")
     return "\n".join(lines)
 
 

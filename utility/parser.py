@@ -18,10 +18,10 @@ DATASET_ALIASES = {
 
 # Per-dataset settings, chosen on each dataset's validation split (README, "Design notes").
 PRESETS = {
-    "tiktok": dict(),
+    "tiktok": dict(mm_fusion_weight=0.02),
     "netflix": dict(),
     "amazon": dict(),
-    "movielens": dict(),
+    "movielens": dict(lr=5e-3, early_stopping_patience=10, kd_list_weight=0.1),
 }
 
 
@@ -91,7 +91,7 @@ def build_parser():
 
     g = p.add_argument_group("student (stage 2)")
     g.add_argument("--teacher_ckpt", default=None, help="distil from this saved teacher instead of training one")
-    g.add_argument("--student_model_type", choices=["mlp", "lightgcn"], default="mlp")
+    g.add_argument("--student_model_type", choices=["mlp", "lightgcn"], default="lightgcn")
     g.add_argument("--student_init", choices=["teacher", "random"], default="teacher")
     g.add_argument("--student_embed_size", type=int, default=None, help="default: --embed_size")
     g.add_argument("--student_layers", type=int, default=2, help="LightGCN layers of the lightgcn student")

@@ -1,0 +1,21 @@
+"""The ablation script runs every variant and writes its table."""
+import json
+import os
+
+from scripts import ablation
+
+
+def test_ablation_table(tmp_path, tiny_json):
+    out = tmp_path / "ablation.md"
+    ablation.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+                   "--runs_dir", str(tmp_path / "runs"), "--out", str(out), "--epoch", "1", "--student_epoch", "1",
+                   "--embed_size", "8", "--batch_size", "64"])
+    text = out.read_text()
+    for label, _ in ablation.VARIANTS:
+        assert f"| {label} |" in text
+    assert "| teacher |" in text and "| teacher (no prompt) |" in text
+    rows = json.loads((tmp_path / "ablation.json").read_text())
+    assert len(rows) == len(ablation.VARIANTS)
+    # the no-prompt variant distilled its own teacher, the others one shared teacher
+    shared = {r["variant"]: r["teacher_test"]["recall@20"] for r in rows}
+    assert len({v for k, v in shared.items() if k != "w/o prompt"}) == 1
