@@ -25,6 +25,12 @@ class _SparseMatmul(torch.autograd.Function):
         return None, None, torch.sparse.mm(ctx.adj_t, grad)
 
 
+def gather_rows(table, index):
+    """table[index] for an index tensor of any shape, via index_select (whose backward, an
+    index_add, is faster on CPU than the scatter of advanced indexing)."""
+    return torch.index_select(table, 0, index.reshape(-1)).view(*index.shape, table.shape[-1])
+
+
 def spmm(adj, adj_t, x):
     """Sparse-dense product; gradients flow to ``x`` only."""
     if not x.requires_grad:
@@ -72,12 +78,39 @@ class PromptModule(nn.Module):
 
 @dataclass
 class TeacherOutput:
-    user: torch.Tensor                      # e^T_U, (n_users, d)
-    item: torch.Tensor                      # e^T_I, (n_items, d)
+    """The teacher's representations; the fused e^T is formed only for the rows asked for.
+
+    e^T = ebar + lambda_c sum_m norm(f^m) is row-wise, so a training step fuses just its batch's
+    rows (``user_rows`` / ``item_rows``) instead of materialising (and back-propagating through)
+    full-size normalised copies; ``user`` / ``item`` give every row (evaluation).
+    """
+    cf_user: torch.Tensor                   # ebar_U, (n_users, d)
+    cf_item: torch.Tensor                   # ebar_I, (n_items, d)
     mm_user: Dict[str, torch.Tensor]        # f^m_U per modality
     mm_item: Dict[str, torch.Tensor]        # f^m_I per modality
     prompt_user: Optional[torch.Tensor]     # P_U (None without the prompt module)
     prompt_item: Optional[torch.Tensor]     # P_I
+    fusion_weight: float = 1.0              # lambda_c
+
+    def fuse(self, cf, mm):
+        """ebar + lambda_c sum_m norm(f^m) for matching rows of ebar and of each f^m."""
+        for f in mm.values():
+            cf = cf + self.fusion_weight * F.normalize(f, dim=-1)
+        return cf
+
+    def user_rows(self, index):
+        return self.fuse(gather_rows(self.cf_user, index), {m: gather_rows(f, index) for m, f in self.mm_user.items()})
+
+    def item_rows(self, index):
+        return self.fuse(gather_rows(self.cf_item, index), {m: gather_rows(f, index) for m, f in self.mm_item.items()})
+
+    @property
+    def user(self):
+        return self.fuse(self.cf_user, self.mm_user)
+
+    @property
+    def item(self):
+        return self.fuse(self.cf_item, self.mm_item)
 
 
 class Teacher(nn.Module):
@@ -176,13 +209,11 @@ class Teacher(nn.Module):
             ego_user = ego_user + self.emb_prompt_weight * F.normalize(prompt_user, dim=1)
             ego_item = ego_item + self.emb_prompt_weight * F.normalize(prompt_item, dim=1)
         cf = lightgcn_propagate(self.adj, torch.cat([ego_user, ego_item]), self.cf_layers)
-        user, item = cf[: self.n_users], cf[self.n_users:]
         mm_user, mm_item = {}, {}
         for name in self.modalities:
             mm_user[name], mm_item[name] = self.modality_knowledge(name, prompt_item)
-            user = user + self.mm_fusion_weight * F.normalize(mm_user[name], dim=1)
-            item = item + self.mm_fusion_weight * F.normalize(mm_item[name], dim=1)
-        return TeacherOutput(user, item, mm_user, mm_item, prompt_user, prompt_item)
+        return TeacherOutput(cf[: self.n_users], cf[self.n_users:], mm_user, mm_item, prompt_user, prompt_item,
+                             self.mm_fusion_weight)
 
     def freeze_for_distillation(self):
         """Stage 2: every teacher weight frozen except the prompt module's."""
@@ -201,7 +232,7 @@ class _IDEmbeddings(nn.Module):
             self.item_emb.copy_(item)
 
     def ego_embeddings(self, users, items):
-        return self.user_emb[users], self.item_emb[items]
+        return gather_rows(self.user_emb, users), gather_rows(self.item_emb, items)
 
 
 class MLPStudent(_IDEmbeddings):
@@ -230,7 +261,8 @@ class MLPStudent(_IDEmbeddings):
         """
         users, user_pos = torch.unique(users, return_inverse=True)
         items, item_pos = torch.unique(items, return_inverse=True)
-        return self.refine(self.user_emb[users])[user_pos], self.refine(self.item_emb[items])[item_pos]
+        return (gather_rows(self.refine(gather_rows(self.user_emb, users)), user_pos),
+                gather_rows(self.refine(gather_rows(self.item_emb, items)), item_pos))
 
     def forward(self):
         return self.refine(self.user_emb), self.refine(self.item_emb)
@@ -254,7 +286,7 @@ class LightGCNStudent(_IDEmbeddings):
 
     def embed(self, users, items):
         user, item = self()
-        return user[users], item[items]
+        return gather_rows(user, users), gather_rows(item, items)
 
 
 def compress_embeddings(user, item, dim):

@@ -48,8 +48,9 @@ def reference_forward(t):
         mm_user[m], mm_item[m] = f_user, f_item
         user = user + t.mm_fusion_weight * F.normalize(f_user, dim=1)
         item = item + t.mm_fusion_weight * F.normalize(f_item, dim=1)
-    return SimpleNamespace(user=user, item=item, mm_user=mm_user, mm_item=mm_item,
-                           prompt_user=p_user, prompt_item=p_item)
+    # the losses read fused rows through ``fuse``: here they are already fused, in full
+    return SimpleNamespace(user=user, item=item, cf_user=user, cf_item=item, mm_user=mm_user, mm_item=mm_item,
+                           prompt_user=p_user, prompt_item=p_item, fuse=lambda cf, mm: cf)
 
 
 def rel_err(a, b):

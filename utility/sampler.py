@@ -7,17 +7,21 @@ class TripleSampler:
     """Each epoch visits every training interaction once, in random order, with negatives drawn
     uniformly from the items the user has not interacted with in training.
 
-    Negatives are drawn for all rows at once and the few that hit a training item are redrawn;
-    membership is tested by binary search in the sorted user * n_items + item keys.
+    Negatives are drawn in blocks of rows and the few that hit a training item are redrawn;
+    membership is tested by binary search in the sorted user * n_items + item keys. Epoch arrays
+    are int32 and the blocks keep the temporary memory small whatever the dataset size.
     """
+
+    BLOCK = 1 << 18   # sampled entries per membership test
 
     def __init__(self, train, seed):
         train = sp.csr_matrix(train)
         train.sort_indices()
         self.n_users, self.n_items = train.shape
-        self.users = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(train.indptr))
-        self.items = train.indices.astype(np.int64)
-        self.keys = self.users * self.n_items + self.items   # sorted: CSR rows in order, columns sorted
+        self.users = np.repeat(np.arange(self.n_users, dtype=np.int32), np.diff(train.indptr))
+        self.items = train.indices.astype(np.int32)
+        # sorted: CSR rows in order, columns sorted within rows
+        self.keys = self.users.astype(np.int64) * self.n_items + self.items
         self.rng = np.random.default_rng(seed)
         full = np.diff(train.indptr) >= self.n_items
         if full[self.users].any():
@@ -30,20 +34,23 @@ class TripleSampler:
         self.rng.bit_generator.state = state
 
     def _is_positive(self, users, items):
-        keys = users * self.n_items + items
+        keys = users.astype(np.int64) * self.n_items + items
         pos = np.searchsorted(self.keys, keys)
-        pos = np.minimum(pos, self.keys.size - 1)
+        np.minimum(pos, self.keys.size - 1, out=pos)
         return self.keys[pos] == keys
 
     def negatives(self, users, k=1):
-        """(len(users), k) items that none of the users has in training."""
-        rows = np.repeat(users, k)
-        items = self.rng.integers(0, self.n_items, size=rows.size)
-        bad = np.flatnonzero(self._is_positive(rows, items))
-        while bad.size:
-            items[bad] = self.rng.integers(0, self.n_items, size=bad.size)
-            bad = bad[self._is_positive(rows[bad], items[bad])]
-        return items.reshape(len(users), k)
+        """(len(users), k) int32 items that none of the users has in training."""
+        out = self.rng.integers(0, self.n_items, size=(len(users), k), dtype=np.int32)
+        rows_per_block = max(1, self.BLOCK // k)
+        for start in range(0, len(users), rows_per_block):
+            rows = np.repeat(users[start:start + rows_per_block], k)
+            items = out[start:start + rows_per_block].reshape(-1)       # a view into ``out``
+            bad = np.flatnonzero(self._is_positive(rows, items))
+            while bad.size:
+                items[bad] = self.rng.integers(0, self.n_items, size=bad.size, dtype=np.int32)
+                bad = bad[self._is_positive(rows[bad], items[bad])]
+        return out
 
     def epoch(self, extra_negatives=0):
         """Shuffled (users, positives, negatives, extra) for one epoch; extra is (n, K) or None."""
