@@ -221,6 +221,15 @@ class Teacher(nn.Module):
             param.requires_grad_(name.startswith("prompt_module."))
 
 
+def _split_rows(rows, indices):
+    """Cut the concatenated rows of several index tensors back into one tensor per index."""
+    out, start = [], 0
+    for index in indices:
+        out.append(rows[start: start + index.numel()].view(*index.shape, rows.shape[-1]))
+        start += index.numel()
+    return out
+
+
 class _IDEmbeddings(nn.Module):
     """User and item ID embedding tables shared by both students."""
 
@@ -254,15 +263,16 @@ class MLPStudent(_IDEmbeddings):
     def refine(self, emb):
         return emb + self.mlp(emb)
 
-    def embed(self, users, items):
-        """Refined embeddings of the given users and items (any index shapes).
+    def embed(self, users, *items):
+        """Refined embeddings of the given users and of each given item index tensor (any shapes).
 
         The MLP runs once per distinct id of the batch, not once per occurrence.
         """
         users, user_pos = torch.unique(users, return_inverse=True)
-        items, item_pos = torch.unique(items, return_inverse=True)
+        ids, item_pos = torch.unique(torch.cat([i.reshape(-1) for i in items]), return_inverse=True)
+        item_rows = gather_rows(self.refine(gather_rows(self.item_emb, ids)), item_pos)
         return (gather_rows(self.refine(gather_rows(self.user_emb, users)), user_pos),
-                gather_rows(self.refine(gather_rows(self.item_emb, items)), item_pos))
+                *_split_rows(item_rows, items))
 
     def forward(self):
         return self.refine(self.user_emb), self.refine(self.item_emb)
@@ -284,9 +294,10 @@ class LightGCNStudent(_IDEmbeddings):
         out = lightgcn_propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.n_layers)
         return out[: self.n_users], out[self.n_users:]
 
-    def embed(self, users, items):
+    def embed(self, users, *items):
+        """Embeddings of the given users and of each given item index tensor (one propagation)."""
         user, item = self()
-        return gather_rows(user, users), gather_rows(item, items)
+        return (gather_rows(user, users), *(gather_rows(item, i) for i in items))
 
 
 def compress_embeddings(user, item, dim):

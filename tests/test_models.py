@@ -94,8 +94,9 @@ def test_students_score_without_features(setup):
     for student in (mlp, gcn):
         user, item = student()
         assert user.shape == (30, 8) and item.shape == (40, 8)
-        u, i = student.embed(torch.tensor([1, 2]), torch.tensor([[3, 4, 5], [6, 7, 8]]))
-        assert u.shape == (2, 8) and i.shape == (2, 3, 8)
+        u, i, j = student.embed(torch.tensor([1, 2]), torch.tensor([[3, 4, 5], [6, 7, 8]]), torch.tensor([9, 3]))
+        assert u.shape == (2, 8) and i.shape == (2, 3, 8) and j.shape == (2, 8)
+        assert torch.allclose(i[0, 0], j[1])   # the same item, whichever index tensor asks
         assert not any("reducer" in n or "feat" in n for n, _ in student.named_parameters())
 
 
