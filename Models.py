@@ -212,7 +212,9 @@ class Teacher(nn.Module):
         mm_user, mm_item = {}, {}
         for name in self.modalities:
             mm_user[name], mm_item[name] = self.modality_knowledge(name, prompt_item)
-        return TeacherOutput(cf[: self.n_users], cf[self.n_users:], mm_user, mm_item, prompt_user, prompt_item,
+        # split, not two slices: its backward is one concatenation instead of two zero-filled copies
+        cf_user, cf_item = cf.split([self.n_users, self.n_items])
+        return TeacherOutput(cf_user, cf_item, mm_user, mm_item, prompt_user, prompt_item,
                              self.mm_fusion_weight)
 
     def freeze_for_distillation(self):
@@ -292,7 +294,7 @@ class LightGCNStudent(_IDEmbeddings):
 
     def forward(self):
         out = lightgcn_propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.n_layers)
-        return out[: self.n_users], out[self.n_users:]
+        return tuple(out.split([self.n_users, self.n_items]))
 
     def embed(self, users, *items):
         """Embeddings of the given users and of each given item index tensor (one propagation)."""

@@ -32,14 +32,19 @@ def mean_adj(train):
 
 
 def to_torch_csr(mat):
-    """A scipy matrix as a torch sparse CSR tensor (float32)."""
+    """A scipy matrix as a torch sparse CSR tensor (float32).
+
+    Indices are int32 when they fit: the CPU sparse kernels take int32 indices as they are, while
+    int64 ones are converted (copied) on every product.
+    """
     mat = sp.csr_matrix(mat, dtype=np.float32)
     mat.sort_indices()
+    index = np.int32 if max(mat.nnz, *mat.shape) < 2**31 - 1 else np.int64
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
         return torch.sparse_csr_tensor(
-            torch.from_numpy(mat.indptr.astype(np.int64)),
-            torch.from_numpy(mat.indices.astype(np.int64)),
+            torch.from_numpy(mat.indptr.astype(index)),
+            torch.from_numpy(mat.indices.astype(index)),
             torch.from_numpy(mat.data),
             size=mat.shape,
             check_invariants=False,
