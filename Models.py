@@ -12,17 +12,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def sparse_dense(adj, x):
+    """adj @ x. On CPU the product is written into a fresh uninitialised tensor (beta = 0), which
+    skips the zero fill that torch.sparse.mm does first; rows without entries still come out 0."""
+    if x.device.type != "cpu":
+        return torch.sparse.mm(adj, x)
+    out = torch.empty(adj.shape[0], x.shape[1], dtype=x.dtype)
+    return torch.addmm(out, adj, x, beta=0, out=out)
+
+
 class _SparseMatmul(torch.autograd.Function):
     """adj @ x with a precomputed transpose for the backward pass (adj^T @ grad)."""
 
     @staticmethod
     def forward(ctx, adj, adj_t, x):
         ctx.adj_t = adj_t
-        return torch.sparse.mm(adj, x)
+        return sparse_dense(adj, x)
 
     @staticmethod
     def backward(ctx, grad):
-        return None, None, torch.sparse.mm(ctx.adj_t, grad)
+        return None, None, sparse_dense(ctx.adj_t, grad.contiguous())
 
 
 def gather_rows(table, index):
@@ -34,7 +43,7 @@ def gather_rows(table, index):
 def spmm(adj, adj_t, x):
     """Sparse-dense product; gradients flow to ``x`` only."""
     if not x.requires_grad:
-        return torch.sparse.mm(adj, x)
+        return sparse_dense(adj, x)
     return _SparseMatmul.apply(adj, adj_t, x)
 
 
@@ -141,7 +150,7 @@ class Teacher(nn.Module):
             self.register_buffer(f"token_feat_{name}", item_tokens.T @ feats, persistent=False)
             self.register_buffer(f"feat_sum_{name}", feats.sum(0), persistent=False)
         self.register_buffer("item_tokens", item_tokens, persistent=False)
-        self.register_buffer("user_tokens", torch.sparse.mm(graphs["user_mean"], item_tokens), persistent=False)
+        self.register_buffer("user_tokens", sparse_dense(graphs["user_mean"], item_tokens), persistent=False)
 
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, embed_size)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, embed_size)))

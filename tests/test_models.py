@@ -116,3 +116,22 @@ def test_compress_embeddings_keeps_the_dominant_scores():
     u, i = compress_embeddings(user, item, 3)
     assert u.shape == (50, 3)
     assert torch.allclose(u @ i.T, user @ item.T, atol=1e-3)
+
+
+def test_sparse_products_match_dense_with_empty_rows():
+    from Models import spmm
+    from utility.graph import to_torch_csr
+    import scipy.sparse as sp
+    mat = sp.random(40, 30, density=0.1, random_state=0, format="csr")
+    mat[5] = 0          # an empty row (a user without training items)
+    mat.eliminate_zeros()
+    adj, adj_t = to_torch_csr(mat), to_torch_csr(mat.T)
+    dense = torch.tensor(mat.toarray(), dtype=torch.float32)
+    for _ in range(3):
+        torch.full((40, 8), float("nan"))   # leave garbage around for the uninitialised output
+        x = torch.randn(30, 8, requires_grad=True)
+        y = spmm(adj, adj_t, x)
+        assert torch.allclose(y, dense @ x, atol=1e-6) and torch.equal(y[5], torch.zeros(8))
+        g = torch.randn(40, 8)
+        (y * g).sum().backward()
+        assert torch.allclose(x.grad, dense.T @ g, atol=1e-5)
