@@ -2,7 +2,8 @@
 
 For each user with held-out items, every item is scored, the user's excluded items (training
 items, and validation items at test time) are set to -inf by one index assignment, the top
-K_max are taken with ``torch.topk``, and hits are read from a boolean ground-truth block.
+K_max are taken with ``torch.topk``, and hits are found by binary search of the top-K
+(user, item) keys among the sorted held-out keys.
 Users are processed in batches sized so that a batch's score block stays within a fixed
 memory budget, whatever the number of items.
 """
@@ -12,7 +13,7 @@ import torch
 
 from utility.metrics import metric_sums
 
-SCORE_BUDGET = 1 << 21  # float32 scores per batch (8 MB): small blocks, same speed
+SCORE_BUDGET = 1 << 22  # float32 scores per batch (16 MB)
 
 
 def _csr_to_device(mat, device):
@@ -40,8 +41,10 @@ class RankingEvaluator:
         for mat in exclude:
             excluded = excluded + sp.csr_matrix(mat)
         self.excl_ptr, self.excl_idx = _csr_to_device(excluded[users], device)
-        self.truth_ptr, self.truth_idx = _csr_to_device(truth[users], device)
-        self.n_pos = torch.diff(self.truth_ptr).to(torch.float64)
+        truth_ptr, truth_idx = _csr_to_device(truth[users], device)
+        self.n_pos = torch.diff(truth_ptr).to(torch.float64)
+        rows = torch.repeat_interleave(torch.arange(len(users), device=device), torch.diff(truth_ptr))
+        self.truth_keys = rows * self.n_items + truth_idx          # sorted: rows in order, items sorted
         self.ks = sorted(set(ks))
         self.device = device
         self.batch_size = max(1, min(batch_size, SCORE_BUDGET // max(1, self.n_items)))
@@ -65,10 +68,9 @@ class RankingEvaluator:
             rows, span = self._block_rows(self.excl_ptr, start, end)
             scores[rows, self.excl_idx[span]] = -torch.inf
             top = torch.topk(scores, min(k_max, self.n_items), dim=1).indices
-            truth = torch.zeros_like(scores, dtype=torch.bool)
-            rows, span = self._block_rows(self.truth_ptr, start, end)
-            truth[rows, self.truth_idx[span]] = True
-            hits = truth.gather(1, top)
+            keys = torch.arange(start, end, device=top.device)[:, None] * self.n_items + top
+            where = torch.searchsorted(self.truth_keys, keys).clamp_(max=self.truth_keys.numel() - 1)
+            hits = self.truth_keys[where] == keys
             if hits.shape[1] < k_max:
                 hits = torch.nn.functional.pad(hits, (0, k_max - hits.shape[1]))
             batch = metric_sums(hits, self.n_pos[start:end], self.ks)
