@@ -47,13 +47,18 @@ def spmm(adj, adj_t, x):
     return _SparseMatmul.apply(adj, adj_t, x)
 
 
-def lightgcn_propagate(adj, ego, n_layers):
-    """Mean of [ego, adj ego, ..., adj^L ego] on a symmetric normalised adjacency."""
-    layer, total = ego, ego
+def lightgcn_propagate(norm_ui, norm_iu, user, item, n_layers):
+    """LightGCN: the mean of layers 0..L of propagation on the symmetric-normalised bipartite graph.
+
+    norm_ui = D_U^-1/2 R D_I^-1/2 and norm_iu its transpose: a layer takes users from items and
+    items from users, which is the (users + items) adjacency product in two blocks.
+    """
+    layer_user, layer_item = user, item
+    total_user, total_item = user, item
     for _ in range(n_layers):
-        layer = spmm(adj, adj, layer)
-        total = total + layer
-    return total / (n_layers + 1)
+        layer_user, layer_item = spmm(norm_ui, norm_iu, layer_item), spmm(norm_iu, norm_ui, layer_user)
+        total_user, total_item = total_user + layer_user, total_item + layer_item
+    return total_user / (n_layers + 1), total_item / (n_layers + 1)
 
 
 class PromptModule(nn.Module):
@@ -125,7 +130,8 @@ class TeacherOutput:
 class Teacher(nn.Module):
     """The prompt-enhanced multi-modal graph teacher (METHOD stage 1).
 
-    graphs: dict of sparse tensors ``adj`` (symmetric-normalised bipartite adjacency),
+    graphs: dict of sparse tensors ``norm_ui`` / ``norm_iu`` (the symmetric-normalised bipartite
+    adjacency's blocks, users x items and its transpose),
     ``user_mean`` / ``user_mean_t`` (row-normalised R and its transpose) and ``item_mean`` /
     ``item_mean_t`` (row-normalised R^T and its transpose). modality_feats: {name: (n_items, d_m)}.
     item_tokens: PCA hard tokens H_I, (n_items, token_size).
@@ -217,12 +223,10 @@ class Teacher(nn.Module):
         if prompt_user is not None and self.emb_prompt_weight:
             ego_user = ego_user + self.emb_prompt_weight * F.normalize(prompt_user, dim=1)
             ego_item = ego_item + self.emb_prompt_weight * F.normalize(prompt_item, dim=1)
-        cf = lightgcn_propagate(self.adj, torch.cat([ego_user, ego_item]), self.cf_layers)
+        cf_user, cf_item = lightgcn_propagate(self.norm_ui, self.norm_iu, ego_user, ego_item, self.cf_layers)
         mm_user, mm_item = {}, {}
         for name in self.modalities:
             mm_user[name], mm_item[name] = self.modality_knowledge(name, prompt_item)
-        # split, not two slices: its backward is one concatenation instead of two zero-filled copies
-        cf_user, cf_item = cf.split([self.n_users, self.n_items])
         return TeacherOutput(cf_user, cf_item, mm_user, mm_item, prompt_user, prompt_item,
                              self.mm_fusion_weight)
 
@@ -292,18 +296,17 @@ class MLPStudent(_IDEmbeddings):
 class LightGCNStudent(_IDEmbeddings):
     """ID embeddings propagated on the symmetric-normalised graph (LightGCN)."""
 
-    def __init__(self, adj, n_users, embed_size=64, n_layers=2):
+    def __init__(self, norm_ui, norm_iu, embed_size=64, n_layers=2):
         super().__init__()
-        self.n_users = n_users
-        self.n_items = adj.shape[0] - n_users
+        self.n_users, self.n_items = norm_ui.shape
         self.n_layers = n_layers
-        self.register_buffer("adj", adj, persistent=False)
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, embed_size)))
+        self.register_buffer("norm_ui", norm_ui, persistent=False)
+        self.register_buffer("norm_iu", norm_iu, persistent=False)
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, embed_size)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, embed_size)))
 
     def forward(self):
-        out = lightgcn_propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.n_layers)
-        return tuple(out.split([self.n_users, self.n_items]))
+        return lightgcn_propagate(self.norm_ui, self.norm_iu, self.user_emb, self.item_emb, self.n_layers)
 
     def embed(self, users, *items):
         """Embeddings of the given users and of each given item index tensor (one propagation)."""
@@ -324,11 +327,11 @@ def compress_embeddings(user, item, dim):
     return user @ basis, item @ basis
 
 
-def build_student(kind, n_users, n_items, embed_size, adj=None, n_layers=2, hidden=128):
+def build_student(kind, n_users, n_items, embed_size, graphs=None, n_layers=2, hidden=128):
     if kind == "mlp":
         return MLPStudent(n_users, n_items, embed_size, hidden)
     if kind == "lightgcn":
-        return LightGCNStudent(adj, n_users, embed_size, n_layers)
+        return LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], embed_size, n_layers)
     raise ValueError(f"unknown student kind {kind!r}")
 
 

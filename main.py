@@ -24,7 +24,7 @@ from utility.errors import UserError
 from utility.distributed import Distributed, launched_by_torchrun
 from utility.evaluate import RankingEvaluator, dot_scores
 from utility.features import default_cache_dir, item_hard_tokens
-from utility.graph import mean_adj, sym_norm_adj, to_torch_csr
+from utility.graph import mean_adj, sym_norm_blocks, to_torch_csr
 from utility.load_data import load_dataset
 from utility.objectives import student_terms, teacher_terms
 from utility.parser import build_parser, parse_args, validate_args
@@ -84,7 +84,8 @@ def dataset_folder(args):
 
 def build_graphs(train, device):
     user_mean, item_mean = mean_adj(train)
-    mats = dict(adj=sym_norm_adj(train), user_mean=user_mean, user_mean_t=user_mean.T,
+    norm_ui, norm_iu = sym_norm_blocks(train)
+    mats = dict(norm_ui=norm_ui, norm_iu=norm_iu, user_mean=user_mean, user_mean_t=user_mean.T,
                 item_mean=item_mean, item_mean_t=item_mean.T)
     return {name: to_torch_csr(m).to(device) for name, m in mats.items()}
 
@@ -370,7 +371,7 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
         prompt_params = [p for p in teacher.parameters() if p.requires_grad]
         seed_everything(args.seed + 1)   # the same student initialisation on every rank
         student = build_student(args.student_model_type, ds.n_users, ds.n_items, args.student_embed_size,
-                                adj=graphs["adj"], n_layers=args.student_layers,
+                                graphs=graphs, n_layers=args.student_layers,
                                 hidden=args.student_hidden).to(device)
         if args.student_init == "teacher":
             student.init_embeddings(teacher_user, teacher_item)

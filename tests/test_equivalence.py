@@ -9,14 +9,17 @@ import torch.nn.functional as F
 import main
 from tinydata import tiny_splits
 from utility.features import item_hard_tokens
+from utility.graph import sym_norm_adj
 from utility.load_data import _pairs_to_csr
 from utility.objectives import teacher_terms
 from utility.parser import parse_args
 
 
-def reference_forward(t):
-    """Every product written out as in METHOD, on dense matrices."""
-    dense = {k: getattr(t, k).to_dense() for k in ("adj", "user_mean", "item_mean")}
+def reference_forward(t, adj):
+    """Every product written out as in METHOD, on dense matrices (``adj``: the dense (users + items)
+    symmetric-normalised adjacency, built independently of the teacher's graph blocks)."""
+    dense = {k: getattr(t, k).to_dense() for k in ("user_mean", "item_mean")}
+    dense["adj"] = adj
     h_item = t.item_tokens
     h_user = dense["user_mean"] @ h_item
     pm = t.prompt_module
@@ -65,7 +68,8 @@ def parts():
     mat = _pairs_to_csr(users, items, 60, 80)
     feats = {m: np.random.default_rng(7).normal(size=x.shape).astype(np.float32) + x for m, x in feats.items()}
     tokens = torch.from_numpy(item_hard_tokens(feats, 8))
-    return main.build_graphs(mat, torch.device("cpu")), {m: torch.from_numpy(x) for m, x in feats.items()}, tokens
+    adj = torch.tensor(sym_norm_adj(mat).toarray())
+    return main.build_graphs(mat, torch.device("cpu")), {m: torch.from_numpy(x) for m, x in feats.items()}, tokens, adj
 
 
 def make(parts, **overrides):
@@ -74,21 +78,21 @@ def make(parts, **overrides):
     cfg = {k: getattr(args, k) for k in main.TEACHER_ARCH}
     cfg.update(overrides)
     torch.manual_seed(0)
-    teacher = main.build_teacher(cfg, *parts)
+    teacher = main.build_teacher(cfg, *parts[:3])
     with torch.no_grad():   # move the prompt off its tiny initial scale so the lift matters
         for p in teacher.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return teacher, vars(args)
 
 
-def compare(teacher, weights):
+def compare(teacher, weights, adj):
     """Outputs, loss and gradients of the optimised forward vs the reference (same dropout masks)."""
     users, pos, neg = torch.tensor([0, 5, 9, 33]), torch.tensor([1, 2, 3, 4]), torch.tensor([70, 71, 72, 79])
     params = [p for p in teacher.parameters() if p.requires_grad]
     torch.manual_seed(1)
     out = teacher()
     torch.manual_seed(1)
-    ref = reference_forward(teacher)
+    ref = reference_forward(teacher, adj)
     for name in ("user", "item"):
         assert rel_err(getattr(out, name), getattr(ref, name)) < 1e-5, name
     for m in teacher.modalities:
@@ -103,27 +107,27 @@ def compare(teacher, weights):
 def test_stage1_forward_loss_and_gradients_match_the_reference(parts):
     teacher, weights = make(parts)
     teacher.train()
-    compare(teacher, weights)
+    compare(teacher, weights, parts[3])
 
 
 def test_with_prompt_dropout_the_general_lift_matches_too(parts):
     teacher, weights = make(parts, prompt_dropout=0.3)
     teacher.train()
     assert not teacher.prompt_module.is_linear
-    compare(teacher, weights)
+    compare(teacher, weights, parts[3])
 
 
 def test_stage2_frozen_cache_matches_the_reference(parts):
     teacher, weights = make(parts)
     teacher.eval()
     teacher.freeze_for_distillation()
-    compare(teacher, weights)
+    compare(teacher, weights, parts[3])
     # the cache follows the weights when they change
     with torch.no_grad():
         teacher.reducers["image"].weight.mul_(1.5)
-    compare(teacher, weights)
+    compare(teacher, weights, parts[3])
 
 
 def test_without_prompt_or_residual(parts):
     teacher, weights = make(parts, no_prompt=True, item_residual=False)
-    compare(teacher, weights)
+    compare(teacher, weights, parts[3])

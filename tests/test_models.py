@@ -90,7 +90,7 @@ def test_stage2_gradients_reach_the_prompts_and_not_the_frozen_teacher(setup):
 def test_students_score_without_features(setup):
     graphs = setup[0]
     mlp = MLPStudent(30, 40, 8, 16)
-    gcn = LightGCNStudent(graphs["adj"], 30, 8, 2)
+    gcn = LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], 8, 2)
     for student in (mlp, gcn):
         user, item = student()
         assert user.shape == (30, 8) and item.shape == (40, 8)

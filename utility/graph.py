@@ -16,11 +16,23 @@ def _inv(x, power=1.0):
 
 def sym_norm_adj(train):
     """D^-1/2 A D^-1/2 of the (users + items) bipartite graph, as used by LightGCN."""
-    n_users, n_items = train.shape
     r = sp.csr_matrix(train, dtype=np.float64)
     adj = sp.bmat([[None, r], [r.T, None]], format="csr")
     d = _inv(np.asarray(adj.sum(axis=1)).ravel(), 0.5)
     return (sp.diags(d) @ adj @ sp.diags(d)).tocsr().astype(np.float32)
+
+
+def sym_norm_blocks(train):
+    """The two off-diagonal blocks of :func:`sym_norm_adj`: D_U^-1/2 R D_I^-1/2 and its transpose.
+
+    Propagating on the blocks (users from items, items from users) is the same product as on the
+    (users + items) square matrix, without concatenating and splitting the two embedding tables.
+    """
+    r = sp.csr_matrix(train, dtype=np.float64)
+    du = _inv(np.asarray(r.sum(axis=1)).ravel(), 0.5)
+    di = _inv(np.asarray(r.sum(axis=0)).ravel(), 0.5)
+    block = (sp.diags(du) @ r @ sp.diags(di)).tocsr().astype(np.float32)
+    return block, block.T.tocsr()
 
 
 def mean_adj(train):
