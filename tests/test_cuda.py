@@ -1,0 +1,69 @@
+"""CUDA code paths. Skipped without a CUDA device; bench/gpu_check.sh runs them on one."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import main
+from tinydata import tiny_splits
+from utility.evaluate import RankingEvaluator, dot_scores
+from utility.features import item_hard_tokens
+from utility.load_data import _pairs_to_csr, load_dataset
+from utility.objectives import student_terms, teacher_terms
+from utility.parser import parse_args
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def _parts(device):
+    train, _, _, feats = tiny_splits(n_users=60, n_items=80, seed=3)
+    users = np.array([int(u) for u, items in train.items() for _ in items])
+    items = np.array([i for items in train.values() for i in items])
+    mat = _pairs_to_csr(users, items, 60, 80)
+    tokens = torch.from_numpy(item_hard_tokens(feats, 8)).to(device)
+    return main.build_graphs(mat, device), {m: torch.from_numpy(x).to(device) for m, x in feats.items()}, tokens
+
+
+def test_teacher_and_losses_match_cpu():
+    args = parse_args(["--embed_size", "8"])
+    cfg = {k: getattr(args, k) for k in main.TEACHER_ARCH}
+    outs = {}
+    for name in ("cpu", "cuda"):
+        device = torch.device(name)
+        torch.manual_seed(0)
+        teacher = main.build_teacher(cfg, *_parts(device)).to(device)
+        teacher.eval()
+        users = torch.tensor([0, 5, 9], device=device)
+        pos, neg = torch.tensor([1, 2, 3], device=device), torch.tensor([70, 71, 72], device=device)
+        out = teacher()
+        loss = sum(teacher_terms(teacher, out, users, pos, neg, vars(args)).values())
+        loss.backward()
+        outs[name] = (out.user.detach().cpu(), loss.item(), teacher.user_emb.grad.cpu())
+    assert torch.allclose(outs["cpu"][0], outs["cuda"][0], atol=1e-5)
+    assert outs["cpu"][1] == pytest.approx(outs["cuda"][1], rel=1e-5)
+    assert torch.allclose(outs["cpu"][2], outs["cuda"][2], atol=1e-6)
+
+
+def test_evaluator_matches_cpu():
+    import scipy.sparse as sp
+    train = sp.random(50, 30, density=0.2, random_state=1, format="csr")
+    test = sp.random(50, 30, density=0.1, random_state=2, format="csr")
+    test = (test - test.multiply(train)).tocsr()
+    test.eliminate_zeros()
+    gen = torch.Generator().manual_seed(0)
+    user, item = torch.randn(50, 8, generator=gen), torch.randn(30, 8, generator=gen)
+    cpu = RankingEvaluator(test, [train], [5, 20], torch.device("cpu"))(dot_scores(user, item))
+    gpu = RankingEvaluator(test, [train], [5, 20], torch.device("cuda"))(dot_scores(user.cuda(), item.cuda()))
+    assert cpu == pytest.approx(gpu)
+
+
+def test_end_to_end_on_cuda(tmp_path, tiny_json):
+    out = tmp_path / "r.json"
+    code = main.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+                      "--runs_dir", str(tmp_path / "runs"), "--device", "cuda", "--epoch", "2", "--student_epoch", "2",
+                      "--embed_size", "16", "--batch_size", "64", "--results_json", str(out), "--no_plot"])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["device"].startswith("cuda") and results["student"]["test"]["recall@20"] > 0
