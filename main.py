@@ -95,7 +95,9 @@ def build_teacher(cfg, graphs, feats, tokens):
                    mm_layers=cfg["mm_layers"], feat_prompt_weight=cfg["feat_prompt_weight"],
                    emb_prompt_weight=cfg["emb_prompt_weight"], mm_fusion_weight=cfg["mm_fusion_weight"],
                    dropout=cfg["dropout"], prompt_dropout=cfg["prompt_dropout"],
-                   item_residual=cfg["item_residual"], use_prompt=not cfg["no_prompt"],
+                   item_residual=cfg["item_residual"],
+                   # the prompts are built from the modality features: no modalities, no prompts
+                   use_prompt=not (cfg["no_prompt"] or cfg["no_modalities"]),
                    use_modalities=not cfg["no_modalities"])
 
 

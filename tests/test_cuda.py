@@ -10,8 +10,8 @@ import main
 from tinydata import tiny_splits
 from utility.evaluate import RankingEvaluator, dot_scores
 from utility.features import item_hard_tokens
-from utility.load_data import _pairs_to_csr, load_dataset
-from utility.objectives import student_terms, teacher_terms
+from utility.load_data import _pairs_to_csr
+from utility.objectives import teacher_terms
 from utility.parser import parse_args
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

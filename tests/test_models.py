@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import main
-from Models import LightGCNStudent, MLPStudent, Teacher, compress_embeddings
+from Models import LightGCNStudent, MLPStudent, compress_embeddings
 from tinydata import tiny_splits
 from utility.features import item_hard_tokens
 from utility.load_data import _pairs_to_csr
@@ -50,7 +50,7 @@ def test_teacher_switches(setup):
     out = make_teacher(setup, no_prompt=True, no_modalities=True)()
     assert out.prompt_user is None and out.mm_user == {}
     teacher = make_teacher(setup, no_modalities=True)
-    assert len(teacher.reducers) == 0
+    assert len(teacher.reducers) == 0 and teacher.prompt_module is None   # nothing from the features
 
 
 def test_teacher_loss_backpropagates_to_every_parameter(setup):

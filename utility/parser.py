@@ -87,7 +87,8 @@ def build_parser():
                    help="add h^m to f_I^m so that items without training interactions keep their content")
     g.add_argument("--no_prompt", action="store_true", help="run both stages without the prompt module")
     g.add_argument("--no_modalities", action="store_true",
-                   help="switch the teacher's modality branch off (an ID-only LightGCN teacher)")
+                   help="switch the teacher's modality branch off, and with it the prompts built from the "
+                        "features: an ID-only LightGCN teacher")
 
     g = p.add_argument_group("student (stage 2)")
     g.add_argument("--teacher_ckpt", default=None, help="distil from this saved teacher instead of training one")
