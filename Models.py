@@ -94,8 +94,8 @@ class PromptModule(nn.Module):
 class TeacherOutput:
     """The teacher's representations; the fused e^T is formed only for the rows asked for.
 
-    e^T = ebar + lambda_c sum_m norm(f^m) is row-wise, so a training step fuses just its batch's
-    rows (``user_rows`` / ``item_rows``) instead of materialising (and back-propagating through)
+    e^T = ebar + lambda_c sum_m norm(f^m) is row-wise, so a training step gathers its batch's rows
+    and fuses just those (:meth:`fuse`) instead of materialising (and back-propagating through)
     full-size normalised copies; ``user`` / ``item`` give every row (evaluation).
     """
     cf_user: torch.Tensor                   # ebar_U, (n_users, d)
@@ -111,12 +111,6 @@ class TeacherOutput:
         for f in mm.values():
             cf = cf + self.fusion_weight * F.normalize(f, dim=-1)
         return cf
-
-    def user_rows(self, index):
-        return self.fuse(gather_rows(self.cf_user, index), {m: gather_rows(f, index) for m, f in self.mm_user.items()})
-
-    def item_rows(self, index):
-        return self.fuse(gather_rows(self.cf_item, index), {m: gather_rows(f, index) for m, f in self.mm_item.items()})
 
     @property
     def user(self):

@@ -336,7 +336,7 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
         def save_teacher_best(epoch, metrics):
             best["teacher"] = copy.deepcopy(teacher.state_dict())
             if writer:
-                    save_checkpoint(dict(stage="teacher", model=best["teacher"], optimizer=optimizer.state_dict(),
+                save_checkpoint(dict(stage="teacher", model=best["teacher"], optimizer=optimizer.state_dict(),
                                      epoch=epoch, best_score=metrics["recall@20"], val=metrics,
                                      config=config, data=data_signature(ds)),
                                 os.path.join(run_dir, "teacher.pt"))
@@ -362,12 +362,13 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
     t = results["teacher"]
     log(f"teacher best epoch {t['best_epoch']}: val {format_metrics(t['val'])} | test {format_metrics(t['test'])}")
 
+    results["efficiency"] = dict(teacher_params=teacher_params,
+                                 teacher_infer_ms=measure_inference_ms(teacher_serving, ds.n_users, device))
+
     # ---- stage 2: distillation ----
     if args.stage in ("student", "all"):
         if resume is not None and resume["stage"] == "student":
             teacher.load_state_dict(resume["models"]["teacher"])
-        results["efficiency"] = dict(teacher_params=teacher_params,
-                                     teacher_infer_ms=measure_inference_ms(teacher_serving, ds.n_users, device))
         teacher_user, teacher_item = teacher_embeddings()
         teacher.freeze_for_distillation()
         prompt_params = [p for p in teacher.parameters() if p.requires_grad]
@@ -439,9 +440,6 @@ def train_and_report(args, log, device, ds, run_dir, config, teacher_cfg, teache
             lambda users: student.embed(users, all_items), ds.n_users, device))
         s = results["student"]
         log(f"student best epoch {s['best_epoch']}: val {format_metrics(s['val'])} | test {format_metrics(s['test'])}")
-    else:
-        results["efficiency"] = dict(teacher_params=teacher_params,
-                                     teacher_infer_ms=measure_inference_ms(teacher_serving, ds.n_users, device))
 
     popularity = torch.as_tensor(np.asarray(ds.train.sum(axis=0)).ravel(), dtype=torch.float32, device=device)
     results["most_popular"] = dict(test=test_eval(lambda users: popularity.repeat(users.numel(), 1)))
@@ -465,11 +463,12 @@ def main(argv=None):
     args = parse_args(argv)
     dist = None
     if launched_by_torchrun():
-        if args.device == "cuda" and not torch.cuda.is_available():
-            print("error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
-            return 2
-        use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-        dist = Distributed("cuda" if use_cuda else "cpu")
+        try:
+            device = resolve_device(args.device)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
+        dist = Distributed(device.type)
     log = Logger(enabled=dist is None or dist.is_main)
     try:
         return run(args, log, dist)

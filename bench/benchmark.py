@@ -123,9 +123,9 @@ def floor_seconds(counts, rates):
 def memory_target_mb(ds, args):
     """2 x (features + graphs + parameters and optimizer state), in MB."""
     feature_bytes = sum(x.nbytes for x in ds.modality_feats.values())
-    nnz = ds.train.nnz
-    # adjacency (2 nnz) and the four mean-aggregation matrices (nnz each): values + column indices
-    graph_bytes = (2 * nnz + 4 * nnz) * (4 + 8) + (2 * (ds.n_users + ds.n_items) + 2 * ds.n_users + 2 * ds.n_items) * 8
+    # the graphs the run builds (the two LightGCN blocks and the four mean-aggregation matrices)
+    graph_bytes = sum(t.nbytes for g in promptmm.build_graphs(ds.train, torch.device("cpu")).values()
+                      for t in (g.crow_indices(), g.col_indices(), g.values()))
     d = args.embed_size
     teacher = (ds.n_users + ds.n_items) * d + sum((dm + 1) * d for dm in ds.modality_dims.values()) + 2 * (d + 1) * d
     student = (ds.n_users + ds.n_items) * args.student_embed_size + 2 * args.student_hidden * args.student_embed_size

@@ -46,7 +46,7 @@ def teacher_step(s, stage=1):
 def student_step(s, batch, kind, extra_negatives, hidden, student_size, teacher_size):
     """Products of the student's own forward + backward for one batch (KD terms included)."""
     U, I, d = s["n_users"], s["n_items"], student_size
-    list_len = 2 + extra_negatives
+    list_len = 2 + 1 + extra_negatives            # scored items per row: (pos, neg) and [pos, K negatives]
     dense = sparse = 0.0
     if kind == "mlp":
         rows = min(batch, U) + min(batch * list_len, I)    # distinct ids, at most

@@ -18,6 +18,12 @@ def _scores(user_rows, item_rows):
     return (user_rows[:, None, :] * item_rows).sum(-1)
 
 
+def _modality_rows(out, users, pairs):
+    """Each modality's f^m rows of the batch's users, (B, d), and (pos, neg) items, (B, 2, d)."""
+    return ({m: gather_rows(f, users) for m, f in out.mm_user.items()},
+            {m: gather_rows(f, pairs) for m, f in out.mm_item.items()})
+
+
 def _fused_rows(out, users, pairs, mm_user, mm_pair):
     """e^T of the batch's users and (pos, neg) items from already gathered modality rows."""
     return (out.fuse(gather_rows(out.cf_user, users), mm_user),
@@ -27,8 +33,7 @@ def _fused_rows(out, users, pairs, mm_user, mm_pair):
 def teacher_terms(teacher, out, users, pos, neg, weights):
     """BPR(e^T) + lambda_m sum_m BPR(f^m) + lambda_p BPR(P) + reg * ||batch ID embeddings||^2."""
     pairs = torch.stack([pos, neg], dim=1)
-    mm_user = {m: gather_rows(f, users) for m, f in out.mm_user.items()}
-    mm_pair = {m: gather_rows(f, pairs) for m, f in out.mm_item.items()}
+    mm_user, mm_pair = _modality_rows(out, users, pairs)
     scores = _scores(*_fused_rows(out, users, pairs, mm_user, mm_pair))
     terms = {"bpr": bpr_loss(scores[:, 0], scores[:, 1])}
     if mm_user:
@@ -60,8 +65,7 @@ def student_terms(student, t_out, users, pos, neg, extra, weights, projector=Non
     terms["reg"] = weights["student_reg"] * l2_penalty([ego_user, ego_pair], users.numel())
     tau = weights["kd_temperature"]
     modalities = list(t_out.mm_user)
-    mm_user = {m: gather_rows(t_out.mm_user[m], users) for m in modalities}
-    mm_pair = {m: gather_rows(t_out.mm_item[m], pairs) for m in modalities}
+    mm_user, mm_pair = _modality_rows(t_out, users, pairs)
 
     if weights["kd_pair_weight"]:
         t_scores = _scores(*_fused_rows(t_out, users, pairs, mm_user, mm_pair))

@@ -125,9 +125,8 @@ def train_stage(stage, *, train_modules, optimizer, loss_terms, sampler, batch_s
         stopper.load_state_dict(state.stopper)
     while not state.done and state.epoch <= max_epochs and not stopper.should_stop:
         epoch = state.epoch
-        if state.batch == 0:
+        if state.batch == 0:   # (sums, seconds and skips were reset when the previous epoch ended)
             state.sampler_state = sampler.get_state()
-            state.sums, state.partial_seconds, state.skipped = {}, 0.0, 0
         else:  # resuming mid-epoch: replay the epoch's sampling from its starting state
             sampler.set_state(state.sampler_state)
         start = time.perf_counter()
