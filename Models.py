@@ -40,6 +40,52 @@ def gather_rows(table, index):
     return torch.index_select(table, 0, index.reshape(-1)).view(*index.shape, table.shape[-1])
 
 
+class _GatherDot(torch.autograd.Function):
+    """scores[b, k] = <rows[b], table[index[b, k]]>, a block of batch rows at a time.
+
+    The (rows, list length, d) block of gathered table rows is never formed for the whole batch,
+    nor saved for the backward pass: each block is gathered, used and freed (and gathered again in
+    the backward pass), so the memory stays at one block whatever the batch size.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, table, index, block):
+        n, length = index.shape
+        out = torch.empty(n, length, dtype=table.dtype, device=table.device)
+        for start in range(0, n, block):
+            end = min(n, start + block)
+            items = gather_rows(table, index[start:end])
+            torch.sum(rows[start:end, None, :] * items, -1, out=out[start:end])
+        ctx.save_for_backward(rows, table, index)
+        ctx.block = block
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, table, index = ctx.saved_tensors
+        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
+        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
+        for start in range(0, index.shape[0], ctx.block):
+            end = min(index.shape[0], start + ctx.block)
+            g = grad[start:end, :, None]
+            if grad_table is not None:
+                grad_table.index_add_(0, index[start:end].reshape(-1),
+                                      (g * rows[start:end, None, :]).reshape(-1, table.shape[1]))
+            if grad_rows is not None:
+                torch.sum(g * gather_rows(table, index[start:end]), 1, out=grad_rows[start:end])
+        return grad_rows, grad_table, None, None
+
+
+def gather_dot(rows, table, index, block_elements=1 << 18):
+    """<rows[b], table[index[b, k]]> for (B, d) rows and a (B, K) index: (B, K) scores.
+
+    Equal to ``(rows[:, None] * gather_rows(table, index)).sum(-1)``, computed in blocks of about
+    ``block_elements`` gathered values (see :class:`_GatherDot`).
+    """
+    block = max(1, block_elements // max(1, index.shape[1] * table.shape[1]))
+    return _GatherDot.apply(rows, table, index, block)
+
+
 def spmm(adj, adj_t, x):
     """Sparse-dense product; gradients flow to ``x`` only."""
     if not x.requires_grad:
@@ -230,17 +276,21 @@ class Teacher(nn.Module):
             param.requires_grad_(name.startswith("prompt_module."))
 
 
-def _split_rows(rows, indices):
-    """Cut the concatenated rows of several index tensors back into one tensor per index."""
+def _split_index(flat, indices):
+    """Cut the concatenation of several index tensors back into one tensor per index (their shapes)."""
     out, start = [], 0
     for index in indices:
-        out.append(rows[start: start + index.numel()].view(*index.shape, rows.shape[-1]))
+        out.append(flat[start: start + index.numel()].view(index.shape))
         start += index.numel()
     return out
 
 
 class _IDEmbeddings(nn.Module):
-    """User and item ID embedding tables shared by both students."""
+    """User and item ID embedding tables shared by both students.
+
+    A student's ``lookup(users, *items)`` gives the batch's user rows, an item table and one index
+    into it per item index tensor; ``embed`` gathers those rows.
+    """
 
     def init_embeddings(self, user, item):
         """Start from given embeddings (e.g. the teacher's e^T), compressed if narrower."""
@@ -251,6 +301,11 @@ class _IDEmbeddings(nn.Module):
 
     def ego_embeddings(self, users, items):
         return gather_rows(self.user_emb, users), gather_rows(self.item_emb, items)
+
+    def embed(self, users, *items):
+        """Embeddings of the given users and of each given item index tensor (any shapes)."""
+        user_rows, table, indices = self.lookup(users, *items)
+        return (user_rows, *(gather_rows(table, index) for index in indices))
 
 
 class MLPStudent(_IDEmbeddings):
@@ -272,16 +327,17 @@ class MLPStudent(_IDEmbeddings):
     def refine(self, emb):
         return emb + self.mlp(emb)
 
-    def embed(self, users, *items):
-        """Refined embeddings of the given users and of each given item index tensor (any shapes).
+    def lookup(self, users, *items):
+        """(user rows, item table, one index into the table per item index tensor).
 
-        The MLP runs once per distinct id of the batch, not once per occurrence.
+        The MLP runs once per distinct id of the batch, not once per occurrence: the item table
+        holds the refined rows of the distinct items, and the indices point into it.
         """
         users, user_pos = torch.unique(users, return_inverse=True)
         ids, item_pos = torch.unique(torch.cat([i.reshape(-1) for i in items]), return_inverse=True)
-        item_rows = gather_rows(self.refine(gather_rows(self.item_emb, ids)), item_pos)
-        return (gather_rows(self.refine(gather_rows(self.user_emb, users)), user_pos),
-                *_split_rows(item_rows, items))
+        table = self.refine(gather_rows(self.item_emb, ids))
+        return (gather_rows(self.refine(gather_rows(self.user_emb, users)), user_pos), table,
+                _split_index(item_pos, items))
 
     def forward(self):
         return self.refine(self.user_emb), self.refine(self.item_emb)
@@ -302,10 +358,10 @@ class LightGCNStudent(_IDEmbeddings):
     def forward(self):
         return lightgcn_propagate(self.norm_ui, self.norm_iu, self.user_emb, self.item_emb, self.n_layers)
 
-    def embed(self, users, *items):
-        """Embeddings of the given users and of each given item index tensor (one propagation)."""
+    def lookup(self, users, *items):
+        """(user rows, item table, the item index tensors): one propagation gives every item."""
         user, item = self()
-        return (gather_rows(user, users), *(gather_rows(item, i) for i in items))
+        return gather_rows(user, users), item, items
 
 
 def compress_embeddings(user, item, dim):

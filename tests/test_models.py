@@ -135,3 +135,24 @@ def test_sparse_products_match_dense_with_empty_rows():
         g = torch.randn(40, 8)
         (y * g).sum().backward()
         assert torch.allclose(x.grad, dense.T @ g, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_elements", [1, 40, 1 << 18])
+def test_gather_dot_matches_gathered_scores_and_their_gradients(block_elements):
+    from Models import gather_dot
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(7, 5, generator=gen, requires_grad=True)
+    table = torch.randn(9, 5, generator=gen, requires_grad=True)
+    index = torch.randint(0, 9, (7, 4), generator=gen, dtype=torch.int32)
+    index[0] = 3                                   # a repeated item within a list
+    weights = torch.randn(7, 4, generator=gen)
+    ref = (rows[:, None, :] * table[index.long()]).sum(-1)
+    ref_grads = torch.autograd.grad((ref * weights).sum(), (rows, table), retain_graph=True)
+    out = gather_dot(rows, table, index, block_elements)
+    grads = torch.autograd.grad((out * weights).sum(), (rows, table))
+    assert torch.allclose(out, ref, atol=1e-6)
+    for g, rg in zip(grads, ref_grads):
+        assert torch.allclose(g, rg, atol=1e-6)
+    # only the table needs a gradient (teacher rows of a frozen teacher, say)
+    (g_table,) = torch.autograd.grad(gather_dot(rows.detach(), table, index, block_elements).sum(), (table,))
+    assert torch.allclose(g_table, torch.autograd.grad(ref.sum(), table)[0], atol=1e-6)

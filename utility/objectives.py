@@ -4,11 +4,12 @@ Each function returns a dict of named loss terms (weighted, scalar tensors); the
 their sum. The names are what the per-epoch log line and the loss curves show. Every full-size
 representation is gathered once per batch for exactly the rows a term needs (slicing a large
 gathered block would cost a full-size zero fill in the backward pass), and the teacher's fused
-e^T is formed only for those rows.
+e^T is formed only for those rows. The list-wise logits are scored block by block
+(``gather_dot``), so the (batch, list, d) gathered rows never exist at once.
 """
 import torch
 
-from Models import gather_rows
+from Models import gather_dot, gather_rows
 from utility.losses import (bpr_loss, disentangled_list_kd_loss, l2_penalty, listwise_kl_loss,
                             pair_kd_loss, sce_loss)
 
@@ -58,7 +59,8 @@ def student_terms(student, t_out, users, pos, neg, extra, weights, projector=Non
     """
     pairs = torch.stack([pos, neg], dim=1)                    # (B, 2)
     lists = torch.cat([pos[:, None], extra], dim=1)           # (B, 1 + K)
-    s_user, s_pair, s_list_items = student.embed(users, pairs, lists)
+    s_user, s_items, (pair_index, list_index) = student.lookup(users, pairs, lists)
+    s_pair = gather_rows(s_items, pair_index)
     s_scores = _scores(s_user, s_pair)
     terms = {"bpr": bpr_loss(s_scores[:, 0], s_scores[:, 1])}
     ego_user, ego_pair = student.ego_embeddings(users, pairs)
@@ -73,10 +75,10 @@ def student_terms(student, t_out, users, pos, neg, extra, weights, projector=Non
             t_scores[:, 0], t_scores[:, 1], s_scores[:, 0], s_scores[:, 1], tau)
 
     if weights["kd_list_weight"] and modalities:
-        s_list = _scores(s_user, s_list_items)
+        s_list = gather_dot(s_user, s_items, list_index)
         total = 0.0
         for m in modalities:
-            t_list = _scores(mm_user[m], gather_rows(t_out.mm_item[m], lists))
+            t_list = gather_dot(mm_user[m], t_out.mm_item[m], lists)
             if weights["no_disentangle"]:
                 total = total + listwise_kl_loss(t_list, s_list, tau)
             else:
