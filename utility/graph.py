@@ -15,7 +15,11 @@ def _inv(x, power=1.0):
 
 
 def sym_norm_adj(train):
-    """D^-1/2 A D^-1/2 of the (users + items) bipartite graph, as used by LightGCN."""
+    """D^-1/2 A D^-1/2 of the (users + items) bipartite graph, as used by LightGCN.
+
+    The runs propagate on its two blocks (:func:`sym_norm_blocks`); the square matrix is kept as the
+    independent reference the equivalence tests compare them with.
+    """
     r = sp.csr_matrix(train, dtype=np.float64)
     adj = sp.bmat([[None, r], [r.T, None]], format="csr")
     d = _inv(np.asarray(adj.sum(axis=1)).ravel(), 0.5)
