@@ -489,4 +489,14 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if launched_by_torchrun():
+        # Gloo's worker threads release the tensors of a finished collective a moment after the
+        # collective returns, and releasing one takes the GIL. If that lands while the interpreter
+        # is finalizing, the thread is torn down inside a C++ destructor and the process aborts
+        # (SIGABRT) after a run that has already succeeded. Everything this process writes is
+        # closed by now and the process group is destroyed, so leave without finalizing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
