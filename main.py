@@ -21,7 +21,7 @@ import torch
 
 from Models import Teacher, build_student, count_parameters
 from utility.errors import UserError
-from utility.distributed import Distributed, launched_by_torchrun
+from utility.distributed import Distributed, exit_without_finalizing, launched_by_torchrun
 from utility.evaluate import RankingEvaluator, dot_scores
 from utility.features import default_cache_dir, item_hard_tokens
 from utility.graph import mean_adj, sym_norm_blocks, to_torch_csr
@@ -491,12 +491,5 @@ def main(argv=None):
 if __name__ == "__main__":
     code = main()
     if launched_by_torchrun():
-        # Gloo's worker threads release the tensors of a finished collective a moment after the
-        # collective returns, and releasing one takes the GIL. If that lands while the interpreter
-        # is finalizing, the thread is torn down inside a C++ destructor and the process aborts
-        # (SIGABRT) after a run that has already succeeded. Everything this process writes is
-        # closed by now and the process group is destroyed, so leave without finalizing.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_without_finalizing(code)
     sys.exit(code)

@@ -59,7 +59,7 @@ def _replica_worker(rank, port, perturb, outcome):
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
-    from utility.distributed import Distributed
+    from utility.distributed import Distributed, exit_without_finalizing
     d = Distributed("cpu")
     params = [torch.nn.Parameter(torch.arange(6.0).reshape(2, 3))]
     # gradients weighted by rows: rank 0 has 3 rows of gradient 1, rank 1 has 1 row of gradient 5
@@ -75,6 +75,7 @@ def _replica_worker(rank, port, perturb, outcome):
     except RuntimeError:
         outcome[f"check{rank}"] = "differ"
     dist.destroy_process_group()
+    exit_without_finalizing(0)
 
 
 @pytest.mark.parametrize("perturb", [False, True])

@@ -8,6 +8,7 @@ gives exactly the gradient of the loss over the whole global batch (every loss t
 mean). Evaluation splits users across ranks and sums the metric totals.
 """
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -16,6 +17,20 @@ import torch.distributed as dist
 
 def launched_by_torchrun():
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def exit_without_finalizing(code):
+    """End a rank's process once its run is over and its process group destroyed.
+
+    Gloo's worker threads release the tensors of a finished collective a moment after the
+    collective returns, and releasing one takes the GIL. If that lands while the interpreter is
+    finalizing, the thread is torn down inside a C++ destructor and the process aborts (SIGABRT)
+    after a run that has already succeeded. Everything the run writes is closed by then, so the
+    process flushes its standard streams and leaves without finalizing.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class Distributed:
