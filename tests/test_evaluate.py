@@ -1,4 +1,6 @@
 """The vectorised evaluator against rankings worked out by hand."""
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -77,3 +79,21 @@ def test_k_larger_than_item_count():
     m = RankingEvaluator(truth, [train], [2, 50], torch.device("cpu"))(
         dot_scores(torch.ones(3, 1), torch.arange(3, dtype=torch.float32)[:, None]))
     assert m["recall@2"] == 1.0 and m["recall@50"] == 1.0 and m["precision@50"] == pytest.approx(1 / 50)
+
+
+def test_truth_with_unsorted_column_indices():
+    """The hit search must not rely on the caller's CSR indices being sorted, nor sort them in place."""
+    data = np.ones(4, np.float32)
+    indices = np.array([3, 1, 5, 2])                 # user 0 holds {3, 1}, user 1 holds {5, 2}: both unsorted
+    indptr = np.array([0, 2, 4, 4])
+    truth = sp.csr_matrix((data, indices, indptr), shape=(3, 6))
+    assert not truth.has_sorted_indices
+    train = csr({0: [], 1: [], 2: []})
+    # every user ranks 3 > 0 > 5 > 1 > 4 > 2
+    item = torch.tensor([[5.0], [3.0], [1.0], [6.0], [2.0], [4.0]])
+    m = RankingEvaluator(truth, [train], [2, 4], torch.device("cpu"))(dot_scores(torch.ones(3, 1), item))
+    # user 0: hit at rank 1 (item 3), item 1 at rank 4; user 1: item 5 at rank 3, item 2 last
+    assert m["recall@2"] == 0.25
+    assert m["recall@4"] == pytest.approx((1.0 + 0.5) / 2)
+    assert m["ndcg@2"] == pytest.approx((1 / (1 + 1 / math.log2(3)) + 0.0) / 2)
+    assert truth.indices.tolist() == [3, 1, 5, 2]    # the caller's matrix is left as it was

@@ -30,7 +30,10 @@ class RankingEvaluator:
     """
 
     def __init__(self, truth, exclude, ks, device, batch_size=4096, shard=None, reduce=None):
-        truth = sp.csr_matrix(truth)
+        # a canonical copy (sorted column indices, no duplicates): the hit search below needs sorted
+        # keys, and sorting in place would reorder the arrays of the caller's matrix
+        truth = sp.csr_matrix(truth, copy=True)
+        truth.sum_duplicates()
         self.n_items = truth.shape[1]
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
         self.n_users_total = int(users.size)
@@ -44,7 +47,7 @@ class RankingEvaluator:
         truth_ptr, truth_idx = _csr_to_device(truth[users], device)
         self.n_pos = torch.diff(truth_ptr).to(torch.float64)
         rows = torch.repeat_interleave(torch.arange(len(users), device=device), torch.diff(truth_ptr))
-        self.truth_keys = rows * self.n_items + truth_idx          # sorted: rows in order, items sorted
+        self.truth_keys = rows * self.n_items + truth_idx          # sorted: rows in order, items sorted (canonical)
         self.ks = sorted(set(ks))
         self.device = device
         self.batch_size = max(1, min(batch_size, SCORE_BUDGET // max(1, self.n_items)))
