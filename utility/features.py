@@ -1,7 +1,8 @@
 """PCA hard tokens (METHOD stage 1, step 1), cached beside the data.
 
 Each modality's features are reduced to ``dim`` columns by PCA and standardised (zero mean,
-unit variance per column); the item hard token is the mean over modalities. A modality with
+unit variance per column; components at the level of rounding noise, as in a rank-deficient
+modality, are zeroed); the item hard token is the mean over modalities. A modality with
 fewer than ``dim`` columns keeps all its components and is zero-padded. The per-modality
 projection is cached in ``cache_dir`` under a key made of the features' hash and ``dim``, so a
 change of either invalidates it; an unreadable or inconsistent cache file is rebuilt with a
@@ -9,12 +10,22 @@ warning.
 """
 import hashlib
 import os
-import tempfile
 import warnings
 
 import numpy as np
 
-CACHE_VERSION = 1
+from utility.run_io import atomic_write
+
+CACHE_VERSION = 2   # 2: components at the rounding-noise level are zeroed instead of standardised
+
+# A component is kept only when its std exceeds both RELATIVE_TOL times the largest component's std
+# and the rounding noise of the input itself (NOISE_EPS_FACTOR * eps of its dtype * the largest
+# root-mean-square of a column: each entry is known to within eps/2 of its magnitude, and a large
+# common offset, which centring removes, still sets that rounding).
+# Below that it is rounding noise of a rank-deficient modality, not a direction of the data, and
+# standardising it would turn the noise into a unit-variance token.
+RELATIVE_TOL = 1e-6
+NOISE_EPS_FACTOR = 8.0
 
 
 def features_key(x, dim):
@@ -24,13 +35,25 @@ def features_key(x, dim):
     return h.hexdigest()[:16]
 
 
+def _noise_floor(x):
+    """Std below which a projection of ``x`` cannot be told from the rounding of its entries."""
+    x = np.asarray(x)
+    eps = np.finfo(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64).eps
+    if x.size == 0:
+        return 0.0
+    rms = np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=0))
+    return NOISE_EPS_FACTOR * eps * float(rms.max())
+
+
 def pca_reduce(x, dim):
     """Standardised projections of ``x`` on its top ``dim`` principal components (float32).
 
     Computed from the covariance matrix in float64 (cheap for the feature widths of this field),
     with each component's sign fixed so that its largest loading is positive: same input, same
-    output, on any machine.
+    output, on any machine. Components whose std is at the rounding-noise level (see
+    ``RELATIVE_TOL``) are set to zero, like the padding of a narrow modality.
     """
+    floor = _noise_floor(x)
     x = np.asarray(x, dtype=np.float64)
     centred = x - x.mean(axis=0)
     k = min(dim, x.shape[1])
@@ -41,7 +64,8 @@ def pca_reduce(x, dim):
     components *= np.where(signs == 0, 1.0, signs)
     z = centred @ components
     std = z.std(axis=0)
-    z /= np.where(std > 1e-12, std, 1.0)
+    keep = std > max(RELATIVE_TOL * (float(std.max()) if k else 0.0), floor)
+    z = np.where(keep, z / np.where(keep, std, 1.0), 0.0)
     out = np.zeros((x.shape[0], dim), dtype=np.float32)
     out[:, :k] = z
     return out
@@ -59,21 +83,6 @@ def _load_cached(file, shape):
     return z
 
 
-def _save_atomic(file, array):
-    folder = os.path.dirname(file)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def item_hard_tokens(modality_feats, dim, cache_dir=None):
     """Mean over modalities of each modality's standardised PCA projection: (n_items, dim)."""
     reduced = []
@@ -88,7 +97,7 @@ def item_hard_tokens(modality_feats, dim, cache_dir=None):
             if cache_dir is not None:
                 try:
                     os.makedirs(cache_dir, exist_ok=True)
-                    _save_atomic(file, z)
+                    atomic_write(file, lambda f: np.save(f, z))
                 except OSError as e:
                     warnings.warn(f"{cache_dir}: cannot write the PCA cache ({e.strerror}); continuing without it")
         reduced.append(z)
