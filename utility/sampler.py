@@ -15,8 +15,8 @@ class TripleSampler:
     BLOCK = 1 << 18   # sampled entries per membership test
 
     def __init__(self, train, seed):
-        train = sp.csr_matrix(train)
-        train.sort_indices()
+        train = sp.csr_matrix(train, copy=True)   # a copy: sorting in place would reorder the caller's arrays
+        train.sum_duplicates()                      # sorted indices, each interaction once
         self.n_users, self.n_items = train.shape
         self.users = np.repeat(np.arange(self.n_users, dtype=np.int32), np.diff(train.indptr))
         self.items = train.indices.astype(np.int32)
