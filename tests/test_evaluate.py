@@ -97,3 +97,35 @@ def test_truth_with_unsorted_column_indices():
     assert m["recall@4"] == pytest.approx((1.0 + 0.5) / 2)
     assert m["ndcg@2"] == pytest.approx((1 / (1 + 1 / math.log2(3)) + 0.0) / 2)
     assert truth.indices.tolist() == [3, 1, 5, 2]    # the caller's matrix is left as it was
+
+
+def test_hand_worked_metrics_with_training_and_validation_items_excluded():
+    """8 items scored 7 > 6 > ... > 0. Training item 7 and validation item 5 are the top scores
+    the model gives; the test items are 6, 3 and 0."""
+    n = 8
+    train = csr({0: [7]}, n_users=1, n_items=n)
+    val = csr({0: [5]}, n_users=1, n_items=n)
+    test = csr({0: [6, 3, 0]}, n_users=1, n_items=n)
+    score = dot_scores(torch.ones(1, 1), torch.arange(n, dtype=torch.float32)[:, None])
+    d = [1 / math.log2(r + 1) for r in range(1, 9)]                 # discount at rank r
+    ideal3 = d[0] + d[1] + d[2]
+
+    # test time: ranking 6 4 3 2 1 0 -> hits at ranks 1, 3 and 6
+    m = RankingEvaluator(test, [train, val], [1, 3, 6], torch.device("cpu"))(score)
+    assert m["recall@1"] == pytest.approx(1 / 3)
+    assert m["recall@3"] == pytest.approx(2 / 3)
+    assert m["recall@6"] == pytest.approx(1.0)
+    assert m["precision@3"] == pytest.approx(2 / 3)
+    assert m["ndcg@3"] == pytest.approx((d[0] + d[2]) / ideal3)
+    assert m["ndcg@6"] == pytest.approx((d[0] + d[2] + d[5]) / ideal3)
+    assert m["ndcg_legacy@3"] == pytest.approx((d[0] + d[2]) / (d[0] + d[1]))
+
+    # validation items left in: ranking 6 5 4 3 ... -> hits at ranks 1, 4 and 7
+    m = RankingEvaluator(test, [train], [3, 6], torch.device("cpu"))(score)
+    assert m["recall@3"] == pytest.approx(1 / 3)
+    assert m["ndcg@6"] == pytest.approx((d[0] + d[3]) / ideal3)
+
+    # nothing excluded: the training item takes rank 1 -> hits at ranks 2, 5 and 8
+    m = RankingEvaluator(test, [], [1, 3], torch.device("cpu"))(score)
+    assert m["recall@1"] == 0.0
+    assert m["ndcg@3"] == pytest.approx(d[1] / ideal3)
