@@ -11,87 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def sparse_dense(adj, x):
-    """adj @ x. On CPU the product is written into a fresh uninitialised tensor (beta = 0), which
-    skips the zero fill that torch.sparse.mm does first; rows without entries still come out 0."""
-    if x.device.type != "cpu":
-        return torch.sparse.mm(adj, x)
-    out = torch.empty(adj.shape[0], x.shape[1], dtype=x.dtype)
-    return torch.addmm(out, adj, x, beta=0, out=out)
-
-
-class _SparseMatmul(torch.autograd.Function):
-    """adj @ x with a precomputed transpose for the backward pass (adj^T @ grad)."""
-
-    @staticmethod
-    def forward(ctx, adj, adj_t, x):
-        ctx.adj_t = adj_t
-        return sparse_dense(adj, x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, None, sparse_dense(ctx.adj_t, grad.contiguous())
-
-
-def gather_rows(table, index):
-    """table[index] for an index tensor of any shape, via index_select (whose backward, an
-    index_add, is faster on CPU than the scatter of advanced indexing)."""
-    return torch.index_select(table, 0, index.reshape(-1)).view(*index.shape, table.shape[-1])
-
-
-class _GatherDot(torch.autograd.Function):
-    """scores[b, k] = <rows[b], table[index[b, k]]>, a block of batch rows at a time.
-
-    The (rows, list length, d) block of gathered table rows is never formed for the whole batch,
-    nor saved for the backward pass: each block is gathered, used and freed (and gathered again in
-    the backward pass), so the memory stays at one block whatever the batch size.
-    """
-
-    @staticmethod
-    def forward(ctx, rows, table, index, block):
-        n, length = index.shape
-        out = torch.empty(n, length, dtype=table.dtype, device=table.device)
-        for start in range(0, n, block):
-            end = min(n, start + block)
-            items = gather_rows(table, index[start:end])
-            torch.sum(rows[start:end, None, :] * items, -1, out=out[start:end])
-        ctx.save_for_backward(rows, table, index)
-        ctx.block = block
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        rows, table, index = ctx.saved_tensors
-        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
-        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
-        for start in range(0, index.shape[0], ctx.block):
-            end = min(index.shape[0], start + ctx.block)
-            g = grad[start:end, :, None]
-            if grad_table is not None:
-                grad_table.index_add_(0, index[start:end].reshape(-1),
-                                      (g * rows[start:end, None, :]).reshape(-1, table.shape[1]))
-            if grad_rows is not None:
-                torch.sum(g * gather_rows(table, index[start:end]), 1, out=grad_rows[start:end])
-        return grad_rows, grad_table, None, None
-
-
-def gather_dot(rows, table, index, block_elements=1 << 18):
-    """<rows[b], table[index[b, k]]> for (B, d) rows and a (B, K) index: (B, K) scores.
-
-    Equal to ``(rows[:, None] * gather_rows(table, index)).sum(-1)``, computed in blocks of about
-    ``block_elements`` gathered values (see :class:`_GatherDot`).
-    """
-    block = max(1, block_elements // max(1, index.shape[1] * table.shape[1]))
-    return _GatherDot.apply(rows, table, index, block)
-
-
-def spmm(adj, adj_t, x):
-    """Sparse-dense product; gradients flow to ``x`` only."""
-    if not x.requires_grad:
-        return sparse_dense(adj, x)
-    return _SparseMatmul.apply(adj, adj_t, x)
-
+from utility.config import StudentConfig, TeacherConfig
+from utility.sparse_ops import gather_rows, sparse_dense, spmm
 
 def lightgcn_propagate(norm_ui, norm_iu, user, item, n_layers):
     """LightGCN: the mean of layers 0..L of propagation on the symmetric-normalised bipartite graph.
@@ -168,7 +89,7 @@ class TeacherOutput:
 
 
 class Teacher(nn.Module):
-    """The prompt-enhanced multi-modal graph teacher (METHOD stage 1).
+    """The prompt-enhanced multi-modal graph teacher (docs/method.md, stage 1).
 
     graphs: dict of sparse tensors ``norm_ui`` / ``norm_iu`` (the symmetric-normalised bipartite
     adjacency's blocks, users x items and its transpose),
@@ -177,16 +98,11 @@ class Teacher(nn.Module):
     item_tokens: PCA hard tokens H_I, (n_items, token_size).
     """
 
-    def __init__(self, graphs, modality_feats, item_tokens, embed_size=64, cf_layers=2, mm_layers=1,
-                 feat_prompt_weight=0.1, emb_prompt_weight=0.1, mm_fusion_weight=1.0, dropout=0.0,
-                 prompt_dropout=0.0, item_residual=True, use_prompt=True, use_modalities=True):
+    def __init__(self, graphs, modality_feats, item_tokens, cfg=TeacherConfig()):
         super().__init__()
+        self.cfg = cfg
         self.n_users, self.n_items = graphs["user_mean"].shape
-        self.modalities = list(modality_feats) if use_modalities else []
-        self.cf_layers, self.mm_layers = cf_layers, mm_layers
-        self.feat_prompt_weight, self.emb_prompt_weight = feat_prompt_weight, emb_prompt_weight
-        self.mm_fusion_weight, self.item_residual = mm_fusion_weight, item_residual
-
+        self.modalities = list(modality_feats) if cfg.use_modalities else []
         for name, graph in graphs.items():
             self.register_buffer(name, graph, persistent=False)
         for name in self.modalities:
@@ -198,16 +114,19 @@ class Teacher(nn.Module):
         self.register_buffer("item_tokens", item_tokens, persistent=False)
         self.register_buffer("user_tokens", sparse_dense(graphs["user_mean"], item_tokens), persistent=False)
 
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, embed_size)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, embed_size)))
-        self.reducers = nn.ModuleDict({name: nn.Linear(modality_feats[name].shape[1], embed_size)
+        d = cfg.embed_size
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.reducers = nn.ModuleDict({name: nn.Linear(modality_feats[name].shape[1], d)
                                        for name in self.modalities})
         for layer in self.reducers.values():
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
-        self.dropout = nn.Dropout(dropout)
-        self.prompt_module = PromptModule(item_tokens.shape[1], embed_size, prompt_dropout) if use_prompt else None
-        self._frozen_reduced = {}   # modality -> (parameter versions, X W + b) while the reducers are frozen
+        self.dropout = nn.Dropout(cfg.dropout)
+        # the prompts are built from the modality features: no modalities, no prompts
+        use_prompt = cfg.use_prompt and cfg.use_modalities
+        self.prompt_module = PromptModule(item_tokens.shape[1], d, cfg.prompt_dropout) if use_prompt else None
+        self.frozen = False
 
     def prompts(self):
         if self.prompt_module is None:
@@ -215,17 +134,10 @@ class Teacher(nn.Module):
         return self.prompt_module(self.user_tokens, self.item_tokens)
 
     def _reduce_plain(self, name):
-        """X^m W_m + b_m, cached while the reducer is frozen (stage 2) and unchanged."""
-        layer = self.reducers[name]
-        if layer.weight.requires_grad or layer.bias.requires_grad:
-            return layer(getattr(self, f"feat_{name}"))
-        versions = (layer.weight._version, layer.bias._version, id(layer.weight), id(layer.bias))
-        cached = self._frozen_reduced.get(name)
-        if cached is None or cached[0] != versions or cached[1].device != layer.weight.device:
-            with torch.no_grad():
-                cached = (versions, layer(getattr(self, f"feat_{name}")))
-            self._frozen_reduced[name] = cached
-        return cached[1]
+        """X^m W_m + b_m; a constant while the reducers are frozen (stage 2), computed once then."""
+        if self.frozen:
+            return getattr(self, f"reduced_{name}")
+        return self.reducers[name](getattr(self, f"feat_{name}"))
 
     def reduce_features(self, name, prompt_item):
         """h^m = drop((X^m + lambda_f norm(P_I (P_I^T X^m))) W_m + b_m), computed in the d-wide space.
@@ -234,7 +146,7 @@ class Teacher(nn.Module):
         norm(p) W = diag(1/|p_i|) P_I (C W^T): the (n_items, d_m) lifted matrix is never formed.
         """
         h = self._reduce_plain(name)
-        if prompt_item is not None and self.feat_prompt_weight:
+        if prompt_item is not None and self.cfg.feat_prompt_weight:
             layer = self.reducers[name]
             if self.prompt_module.is_linear:
                 context = self.prompt_module.item_context(getattr(self, f"token_feat_{name}"),
@@ -243,37 +155,55 @@ class Teacher(nn.Module):
                 context = prompt_item.T @ getattr(self, f"feat_{name}")
             sq_norms = ((prompt_item @ (context @ context.T)) * prompt_item).sum(1)
             norms = sq_norms.clamp_min(0).sqrt().clamp_min(1e-12)        # F.normalize's eps
-            h = h + self.feat_prompt_weight * (prompt_item @ (context @ layer.weight.T)) / norms[:, None]
+            h = h + self.cfg.feat_prompt_weight * (prompt_item @ (context @ layer.weight.T)) / norms[:, None]
         return self.dropout(h)
 
     def modality_knowledge(self, name, prompt_item):
         """f^m_U, f^m_I of one modality: prompt-enhanced reduction then the modality GNN."""
         h = self.reduce_features(name, prompt_item)
         item = h
-        for _ in range(self.mm_layers):
+        for _ in range(self.cfg.mm_layers):
             user = spmm(self.user_mean, self.user_mean_t, item)      # Abar_ui f_I
             item = spmm(self.item_mean, self.item_mean_t, user)      # Abar_iu f_U
-        if self.item_residual:
+        if self.cfg.item_residual:
             item = item + h
         return user, item
 
     def forward(self):
         prompt_user, prompt_item = self.prompts()
         ego_user, ego_item = self.user_emb, self.item_emb
-        if prompt_user is not None and self.emb_prompt_weight:
-            ego_user = ego_user + self.emb_prompt_weight * F.normalize(prompt_user, dim=1)
-            ego_item = ego_item + self.emb_prompt_weight * F.normalize(prompt_item, dim=1)
-        cf_user, cf_item = lightgcn_propagate(self.norm_ui, self.norm_iu, ego_user, ego_item, self.cf_layers)
+        if prompt_user is not None and self.cfg.emb_prompt_weight:
+            ego_user = ego_user + self.cfg.emb_prompt_weight * F.normalize(prompt_user, dim=1)
+            ego_item = ego_item + self.cfg.emb_prompt_weight * F.normalize(prompt_item, dim=1)
+        cf_user, cf_item = lightgcn_propagate(self.norm_ui, self.norm_iu, ego_user, ego_item, self.cfg.cf_layers)
         mm_user, mm_item = {}, {}
         for name in self.modalities:
             mm_user[name], mm_item[name] = self.modality_knowledge(name, prompt_item)
         return TeacherOutput(cf_user, cf_item, mm_user, mm_item, prompt_user, prompt_item,
-                             self.mm_fusion_weight)
+                             self.cfg.mm_fusion_weight)
 
     def freeze_for_distillation(self):
-        """Stage 2: every teacher weight frozen except the prompt module's."""
+        """Stage 2: every teacher weight frozen except the prompt module's.
+
+        The frozen reductions X^m W_m + b_m become buffers (they move with ``.to``), refreshed
+        whenever weights are loaded into the frozen teacher.
+        """
         for name, param in self.named_parameters():
             param.requires_grad_(name.startswith("prompt_module."))
+        self.frozen = True
+        self._cache_reductions()
+
+    def _cache_reductions(self):
+        with torch.no_grad():
+            for name in self.modalities:
+                self.register_buffer(f"reduced_{name}", self.reducers[name](getattr(self, f"feat_{name}")),
+                                     persistent=False)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self.frozen:
+            self._cache_reductions()
+        return result
 
 
 def _split_index(flat, indices):
@@ -377,12 +307,12 @@ def compress_embeddings(user, item, dim):
     return user @ basis, item @ basis
 
 
-def build_student(kind, n_users, n_items, embed_size, graphs=None, n_layers=2, hidden=128):
-    if kind == "mlp":
-        return MLPStudent(n_users, n_items, embed_size, hidden)
-    if kind == "lightgcn":
-        return LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], embed_size, n_layers)
-    raise ValueError(f"unknown student kind {kind!r}")
+def build_student(cfg: StudentConfig, n_users, n_items, graphs=None):
+    if cfg.model_type == "mlp":
+        return MLPStudent(n_users, n_items, cfg.embed_size, cfg.hidden)
+    if cfg.model_type == "lightgcn":
+        return LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], cfg.embed_size, cfg.n_layers)
+    raise ValueError(f"unknown student kind {cfg.model_type!r}")
 
 
 def count_parameters(module, exclude_prefixes=()):

@@ -38,9 +38,9 @@ sys.path.insert(0, ROOT)
 import main as promptmm  # noqa: E402
 from bench import flops  # noqa: E402
 from data.synthetic import SHAPES, make_synthetic  # noqa: E402
-from Models import sparse_dense  # noqa: E402
+from utility.sparse_ops import sparse_dense  # noqa: E402
 from utility.evaluate import RankingEvaluator, dot_scores  # noqa: E402
-from utility.graph import sym_norm_blocks, to_torch_csr  # noqa: E402
+from utility.graph import build_graphs, sym_norm_blocks, to_torch_csr  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
 from utility.parser import parse_args  # noqa: E402
 
@@ -124,7 +124,7 @@ def memory_target_mb(ds, args):
     """2 x (features + graphs + parameters and optimizer state), in MB."""
     feature_bytes = sum(x.nbytes for x in ds.modality_feats.values())
     # the graphs the run builds (the two LightGCN blocks and the four mean-aggregation matrices)
-    graph_bytes = sum(t.nbytes for g in promptmm.build_graphs(ds.train, torch.device("cpu")).values()
+    graph_bytes = sum(t.nbytes for g in build_graphs(ds.train, torch.device("cpu")).values()
                       for t in (g.crow_indices(), g.col_indices(), g.values()))
     d = args.embed_size
     teacher = (ds.n_users + ds.n_items) * d + sum((dm + 1) * d for dm in ds.modality_dims.values()) + 2 * (d + 1) * d
@@ -173,7 +173,7 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     flags = ["--data_path", data_path, "--dataset", dataset, "--preset", b.like, "--device", device.type,
-             "--epoch", str(b.epochs), "--student_epoch", str(b.epochs), "--verbose", str(b.epochs),
+             "--epoch", str(b.epochs), "--student_epoch", str(b.epochs), "--eval_every", str(b.epochs),
              "--no_plot", "--seed", str(b.seed), *b.extra]
     if b.threads:
         flags += ["--threads", str(b.threads)]

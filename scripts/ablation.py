@@ -1,6 +1,6 @@
-"""The ablation study of METHOD.md on one dataset: every variant distils the same teacher.
+"""The ablation study of docs/method.md on one dataset: every variant distils the same teacher.
 
-    python scripts/ablation.py --data_path ../shared/data --dataset tiktok [--out ablation.md] [main.py flags]
+    python scripts/ablation.py --dataset tiktok [--out ablation.md] [main.py flags]
 
 Variants: full PromptMM; w/o prompt (both stages without the prompt module, so it trains a teacher
 of its own); w/o pair-wise KD; w/o list-wise KD; w/o embedding KD; w/o re-weighting; w/o
@@ -73,14 +73,15 @@ def main(argv=None):
         print(f"== {label}: {' '.join(extra) or '(defaults)'}", flush=True)
         r = run(base + ["--stage", "student", "--teacher_ckpt", ckpt] + extra,
                 os.path.join(workdir, f"variant{len(rows)}.json"))
-        rows.append(dict(variant=label, flags=" ".join(extra), run_dir=r["run_dir"], best_epoch=r["student"]["best_epoch"],
+        rows.append(dict(variant=label, flags=" ".join(extra), run_dir=r["run_dir"], teacher_ckpt=ckpt,
+                         teacher_trained="teacher_history" in r, best_epoch=r["student"]["best_epoch"],
                          val=r["student"]["val"], test=r["student"]["test"], teacher_test=r["teacher"]["test"],
                          teacher_val=r["teacher"]["val"]))
 
     teacher_rows = [(f"teacher{' (no prompt)' if '--no_prompt' in r['flags'] else ''}", r) for r in rows
                     if r["variant"] in ("PromptMM (full)", "w/o prompt")]
     lines = [f"Ablation on `{args.dataset}` (student: test split at the best validation epoch; "
-             f"command: `python scripts/ablation.py --data_path {args.data_path} --dataset {args.dataset}"
+             f"command: `python scripts/ablation.py --dataset {args.dataset}"
              f"{' ' + ' '.join(passthrough) if passthrough else ''}`)", "",
              "| variant | flags | test Recall@20 | test NDCG@20 | val Recall@20 | best epoch |",
              "|---|---|---:|---:|---:|---:|"]

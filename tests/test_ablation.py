@@ -16,6 +16,11 @@ def test_ablation_table(tmp_path, tiny_json):
     assert "| teacher |" in text and "| teacher (no prompt) |" in text
     rows = json.loads((tmp_path / "ablation.json").read_text())
     assert len(rows) == len(ablation.VARIANTS)
-    # the no-prompt variant distilled its own teacher, the others one shared teacher
-    shared = {r["variant"]: r["teacher_test"]["recall@20"] for r in rows}
-    assert len({v for k, v in shared.items() if k != "w/o prompt"}) == 1
+    # the no-prompt variant distilled its own teacher, the others one shared teacher; no variant's
+    # student run trained a teacher of its own
+    ckpts = {r["variant"]: r["teacher_ckpt"] for r in rows}
+    assert len({v for k, v in ckpts.items() if k != "w/o prompt"}) == 1
+    assert ckpts["w/o prompt"] != ckpts["PromptMM (full)"] and all(os.path.isfile(c) for c in ckpts.values())
+    assert not any(r["teacher_trained"] for r in rows)
+    for r in rows:
+        assert r["flags"] == " ".join(dict(ablation.VARIANTS)[r["variant"]])

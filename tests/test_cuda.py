@@ -7,12 +7,14 @@ import pytest
 import torch
 
 import main
+from Models import Teacher
 from tinydata import tiny_splits
+from utility.config import TeacherConfig
 from utility.evaluate import RankingEvaluator, dot_scores
 from utility.features import item_hard_tokens
+from utility.graph import build_graphs
 from utility.load_data import _pairs_to_csr
 from utility.objectives import teacher_terms
-from utility.parser import parse_args
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -23,22 +25,21 @@ def _parts(device):
     items = np.array([i for items in train.values() for i in items])
     mat = _pairs_to_csr(users, items, 60, 80)
     tokens = torch.from_numpy(item_hard_tokens(feats, 8)).to(device)
-    return main.build_graphs(mat, device), {m: torch.from_numpy(x).to(device) for m, x in feats.items()}, tokens
+    return build_graphs(mat, device), {m: torch.from_numpy(x).to(device) for m, x in feats.items()}, tokens
 
 
 def test_teacher_and_losses_match_cpu():
-    args = parse_args(["--embed_size", "8"])
-    cfg = {k: getattr(args, k) for k in main.TEACHER_ARCH}
+    cfg = TeacherConfig(embed_size=8)
     outs = {}
     for name in ("cpu", "cuda"):
         device = torch.device(name)
         torch.manual_seed(0)
-        teacher = main.build_teacher(cfg, *_parts(device)).to(device)
+        teacher = Teacher(*_parts(device), cfg).to(device)
         teacher.eval()
         users = torch.tensor([0, 5, 9], device=device)
         pos, neg = torch.tensor([1, 2, 3], device=device), torch.tensor([70, 71, 72], device=device)
         out = teacher()
-        loss = sum(teacher_terms(teacher, out, users, pos, neg, vars(args)).values())
+        loss = sum(teacher_terms(teacher, out, users, pos, neg, cfg).values())
         loss.backward()
         outs[name] = (out.user.detach().cpu(), loss.item(), teacher.user_emb.grad.cpu())
     assert torch.allclose(outs["cpu"][0], outs["cuda"][0], atol=1e-5)
@@ -59,11 +60,20 @@ def test_evaluator_matches_cpu():
     assert cpu == pytest.approx(gpu)
 
 
-def test_end_to_end_on_cuda(tmp_path, tiny_json):
-    out = tmp_path / "r.json"
-    code = main.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
-                      "--runs_dir", str(tmp_path / "runs"), "--device", "cuda", "--epoch", "2", "--student_epoch", "2",
-                      "--embed_size", "16", "--batch_size", "64", "--results_json", str(out), "--no_plot"])
-    assert code == 0
-    results = json.loads(out.read_text())
-    assert results["device"].startswith("cuda") and results["student"]["test"]["recall@20"] > 0
+def test_end_to_end_on_cuda_matches_cpu(tmp_path, tiny_json):
+    """The same run on both devices: the same initial weights and batches, so nearly the same numbers."""
+    results = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.json"
+        code = main.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+                          "--runs_dir", str(tmp_path / "runs"), "--device", device, "--epoch", "3",
+                          "--student_epoch", "3", "--embed_size", "16", "--batch_size", "64",
+                          "--results_json", str(out), "--no_plot"])
+        assert code == 0
+        results[device] = json.loads(out.read_text())
+    assert results["cuda"]["device"].startswith("cuda")
+    for stage in ("teacher", "student"):
+        for split in ("val", "test"):
+            for metric in ("recall@20", "ndcg@20"):
+                assert results["cuda"][stage][split][metric] == pytest.approx(
+                    results["cpu"][stage][split][metric], abs=0.03), (stage, split, metric)

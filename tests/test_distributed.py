@@ -49,8 +49,29 @@ def test_two_processes_match_one_process_with_the_same_global_batch(dataset, tmp
                 assert ddp[stage][split][metric] == pytest.approx(value, rel=1e-3, abs=1e-4), (stage, split, metric)
         for a, b in zip(ddp[f"{stage}_history"], single[f"{stage}_history"]):
             assert a["terms"] == pytest.approx(b["terms"], rel=1e-4)
-    # the per-step replica check ran (and would have failed the run had the ranks diverged)
-    assert "global batch 128" in open(os.path.join(folder, "log.txt")).read()
+    log = open(os.path.join(folder, "log.txt")).read()
+    assert "global batch 128" in log
+    # the replica check ran after every step of both stages (a difference would have failed the run)
+    steps = sum(-(-row_count(dataset) // 128) for _ in range(2))
+    for stage in ("teacher", "student"):
+        assert f"{stage}: parameters identical on all ranks after each of {steps} steps" in log
+
+
+def row_count(dataset):
+    from utility.load_data import load_dataset
+    return int(load_dataset(os.path.join(dataset, "synth")).train.nnz)
+
+
+@pytest.mark.parametrize("world, rows", [(2, 1), (2, 5), (3, 2), (4, 9), (2, 0)])
+def test_ranks_take_each_row_of_a_batch_exactly_once(world, rows):
+    """Also a final batch smaller than the world: its rows are not taken by every rank."""
+    from utility.distributed import Distributed
+    taken = []
+    for rank in range(world):
+        d = Distributed.__new__(Distributed)    # no process group needed to cut a batch
+        d.rank, d.world_size = rank, world
+        taken += list(range(rows))[d.shard(rows)]
+    assert sorted(taken) == list(range(rows))
 
 
 def _replica_worker(rank, port, perturb, outcome):

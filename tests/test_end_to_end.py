@@ -18,6 +18,8 @@ def run_main(tmp_path, data, *extra):
     return code, folders
 
 
+CHECKPOINT_KEYS = {"stage", "epoch", "models", "optimizer", "best_score", "best_epoch", "stopper", "state", "rng",
+                   "sampler", "config", "data"}
 METRIC_KEYS = {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "hit", "ndcg_legacy") for k in (10, 20, 40, 50)}
 
 
@@ -32,13 +34,15 @@ def test_teacher_stage_writes_the_run_folder(tmp_path, tiny_json):
     assert results["n_users"] == 30 and results["n_items"] == 40
     assert results["modalities"] == {"image": 4, "text": 16}
     teacher = results["teacher"]
-    assert teacher["epochs_run"] == 2 and 1 <= teacher["best_epoch"] <= 2
+    history = [h["val"]["recall@20"] for h in results["teacher_history"]]
+    assert teacher["epochs_run"] == 2 and teacher["best_epoch"] == 1 + history.index(max(history))
+    assert teacher["val"] == results["teacher_history"][teacher["best_epoch"] - 1]["val"]
     assert set(teacher["val"]) == METRIC_KEYS and set(teacher["test"]) == METRIC_KEYS
     assert teacher["params"] > 0 and teacher["seconds_per_epoch"] > 0 and teacher["eval_seconds"] > 0
     assert "student" not in results
     ckpt = torch.load(folders[0] / "teacher.pt", weights_only=False)
-    assert {"model", "optimizer", "epoch", "best_score", "config"} <= set(ckpt)
-    assert ckpt["epoch"] == teacher["best_epoch"]
+    assert CHECKPOINT_KEYS <= set(ckpt) and set(ckpt["models"]) == {"teacher"}
+    assert ckpt["stage"] == "teacher" and ckpt["best_epoch"] == ckpt["epoch"] == teacher["best_epoch"]
     log = (folders[0] / "log.txt").read_text()
     assert "teacher epoch    1" in log and "val recall@20" in log
 
@@ -54,8 +58,10 @@ def test_both_stages_and_reuse_of_the_teacher(tmp_path, tiny_json):
     assert "most_popular" in results
 
     # stage 2 froze every teacher weight but the prompt module's
-    teacher = torch.load(folders[0] / "teacher.pt", weights_only=False)["model"]
-    after = torch.load(folders[0] / "student.pt", weights_only=False)["teacher"]
+    teacher = torch.load(folders[0] / "teacher.pt", weights_only=False)["models"]["teacher"]
+    student_ckpt = torch.load(folders[0] / "student.pt", weights_only=False)
+    assert CHECKPOINT_KEYS <= set(student_ckpt) and student_ckpt["stage"] == "student"
+    after = student_ckpt["models"]["teacher"]
     for name, value in teacher.items():
         assert torch.equal(value, after[name]) != name.startswith("prompt_module."), name
 
@@ -84,3 +90,90 @@ def test_same_seed_same_numbers(tmp_path, tiny_json):
     a, b = (json.loads((f / "results.json").read_text()) for f in both)
     for stage in ("teacher", "student"):
         assert a[stage]["val"] == b[stage]["val"] and a[stage]["test"] == b[stage]["test"]
+
+
+def _evaluate_checkpoint(folder, data, stage, exclude_val=True):
+    """Test metrics of the weights in ``<stage>.pt``, recomputed from the public parts."""
+    from Models import LightGCNStudent
+    from utility.evaluate import RankingEvaluator, dot_scores
+    from utility.graph import build_graphs
+    from utility.load_data import load_dataset
+
+    ds = load_dataset(data)
+    ckpt = torch.load(folder / f"{stage}.pt", weights_only=False)
+    graphs = build_graphs(ds.train, torch.device("cpu"))
+    state = ckpt["models"]["student"]
+    student = LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], state["user_emb"].shape[1],
+                              ckpt["config"]["student_layers"])
+    student.load_state_dict(state)
+    with torch.no_grad():
+        user, item = student()
+    exclude = [ds.train, ds.val] if exclude_val else [ds.train]
+    return ckpt, RankingEvaluator(ds.test, exclude, [10, 20, 40, 50], torch.device("cpu"))(dot_scores(user, item))
+
+
+def test_test_metrics_come_from_the_best_validation_weights(tmp_path, tiny_json):
+    code, folders = run_main(tmp_path, tiny_json, "--student_epoch", "8", "--student_lr", "0.05",
+                             "--student_init", "random")
+    assert code == 0
+    results = json.loads((folders[0] / "results.json").read_text())
+    student = results["student"]
+    assert student["best_epoch"] < student["epochs_run"]   # else the last weights would pass too
+    ckpt, test = _evaluate_checkpoint(folders[0], tiny_json, "student")
+    assert ckpt["epoch"] == ckpt["best_epoch"] == student["best_epoch"]
+    assert test == pytest.approx(student["test"], abs=1e-6)
+    last = torch.load(folders[0] / "checkpoint.pt", weights_only=False)
+    assert last["epoch"] == student["epochs_run"] and last["state"]["done"]
+
+
+def test_validation_items_are_excluded_at_test_time_unless_asked_not_to(tmp_path, tiny_json):
+    for flag, exclude_val in (((), True), (("--no_exclude_val",), False)):
+        runs = tmp_path / f"exclude-{exclude_val}"
+        code = main.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+                          "--runs_dir", str(runs), "--epoch", "2", "--student_epoch", "2", "--batch_size", "64",
+                          "--embed_size", "16", "--no_plot", *flag])
+        assert code == 0
+        folder = next((runs / os.path.basename(tiny_json)).iterdir())
+        results = json.loads((folder / "results.json").read_text())
+        _, same = _evaluate_checkpoint(folder, tiny_json, "student", exclude_val)
+        _, other = _evaluate_checkpoint(folder, tiny_json, "student", not exclude_val)
+        assert results["student"]["test"] == pytest.approx(same, abs=1e-6)
+        assert results["student"]["test"]["ndcg@10"] != pytest.approx(other["ndcg@10"], abs=1e-6)
+
+
+def test_valid_metric_selects_the_epoch(tmp_path, tiny_json):
+    code, folders = run_main(tmp_path, tiny_json, "--stage", "teacher", "--epoch", "6", "--valid_metric", "hit@10",
+                             "--early_stopping_patience", "100")
+    assert code == 0
+    results = json.loads((folders[0] / "results.json").read_text())
+    history = [h["val"]["hit@10"] for h in results["teacher_history"]]
+    assert results["teacher"]["best_epoch"] == 1 + history.index(max(history))
+
+
+def test_trained_models_beat_most_popular_on_planted_data(tmp_path):
+    """Users like one item cluster that the features reveal: personalised models must win."""
+    from tinydata import tiny_splits, write_json_dataset
+    data = write_json_dataset(str(tmp_path / "planted"), *tiny_splits(n_users=120, n_items=160, seed=5))
+    code, folders = run_main(tmp_path, data, "--epoch", "30", "--student_epoch", "30", "--lr", "0.01",
+                             "--student_lr", "0.01")
+    assert code == 0
+    results = json.loads((folders[0] / "results.json").read_text())
+    popular = results["most_popular"]["test"]["recall@20"]
+    for stage in ("teacher", "student"):
+        assert results[stage]["test"]["recall@20"] > popular + 0.1, (stage, results[stage]["test"], popular)
+
+
+def test_an_empty_validation_split_is_an_error(tmp_path, capsys):
+    from tinydata import tiny_splits, write_json_dataset
+    train, val, test, feats = tiny_splits()
+    data = write_json_dataset(str(tmp_path / "noval"), train, {u: [] for u in val}, test, feats)
+    code, folders = run_main(tmp_path, data)
+    err = capsys.readouterr().err
+    assert code == 2 and "val.json" in err and "no interactions" in err and not folders
+
+
+def test_eval_every_validates_on_its_epochs_and_the_last(tmp_path, tiny_json):
+    code, folders = run_main(tmp_path, tiny_json, "--stage", "teacher", "--epoch", "5", "--eval_every", "2")
+    assert code == 0
+    history = json.loads((folders[0] / "results.json").read_text())["teacher_history"]
+    assert [h["epoch"] for h in history if "val" in h] == [2, 4, 5]

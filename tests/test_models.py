@@ -3,13 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-import main
-from Models import LightGCNStudent, MLPStudent, compress_embeddings
+from dataclasses import replace
+
+from Models import LightGCNStudent, MLPStudent, Teacher, compress_embeddings
 from tinydata import tiny_splits
+from utility.config import KDConfig, StudentConfig, TeacherConfig
 from utility.features import item_hard_tokens
+from utility.graph import build_graphs
 from utility.load_data import _pairs_to_csr
 from utility.objectives import student_terms, teacher_terms
-from utility.parser import parse_args
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +20,16 @@ def setup():
     users = np.array([int(u) for u, items in train.items() for _ in items])
     items = np.array([i for items in train.values() for i in items])
     mat = _pairs_to_csr(users, items, 30, 40)
-    graphs = main.build_graphs(mat, torch.device("cpu"))
+    graphs = build_graphs(mat, torch.device("cpu"))
     tokens = torch.from_numpy(item_hard_tokens(feats, 8))
     feats = {m: torch.from_numpy(x) for m, x in feats.items()}
-    args = parse_args(["--embed_size", "8", "--student_embed_size", "8"])
-    return graphs, feats, tokens, args
+    return graphs, feats, tokens, TeacherConfig(embed_size=8)
 
 
 def make_teacher(setup, **overrides):
-    graphs, feats, tokens, args = setup
-    cfg = {k: getattr(args, k) for k in main.TEACHER_ARCH}
-    cfg.update(overrides)
+    graphs, feats, tokens, cfg = setup
     torch.manual_seed(0)
-    return main.build_teacher(cfg, graphs, feats, tokens)
+    return Teacher(graphs, feats, tokens, replace(cfg, **overrides))
 
 
 def batch():
@@ -47,16 +46,18 @@ def test_teacher_shapes(setup):
 
 
 def test_teacher_switches(setup):
-    out = make_teacher(setup, no_prompt=True, no_modalities=True)()
+    out = make_teacher(setup, use_prompt=False, use_modalities=False)()
     assert out.prompt_user is None and out.mm_user == {}
-    teacher = make_teacher(setup, no_modalities=True)
+    out = make_teacher(setup, use_prompt=False)()
+    assert out.prompt_user is None and set(out.mm_user) == {"image", "text"}
+    teacher = make_teacher(setup, use_modalities=False)
     assert len(teacher.reducers) == 0 and teacher.prompt_module is None   # nothing from the features
 
 
 def test_teacher_loss_backpropagates_to_every_parameter(setup):
     teacher = make_teacher(setup)
     users, pos, neg, _ = batch()
-    terms = teacher_terms(teacher, teacher(), users, pos, neg, vars(setup[3]))
+    terms = teacher_terms(teacher, teacher(), users, pos, neg, setup[3])
     assert set(terms) == {"bpr", "mm", "prompt", "reg"}
     sum(terms.values()).backward()
     for name, p in teacher.named_parameters():
@@ -73,7 +74,7 @@ def test_stage2_gradients_reach_the_prompts_and_not_the_frozen_teacher(setup):
     before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     optimizer = torch.optim.AdamW(list(student.parameters()) + [p for p in teacher.parameters() if p.requires_grad])
     users, pos, neg, extra = batch()
-    terms = student_terms(student, teacher(), users, pos, neg, extra, vars(setup[3]))
+    terms = student_terms(student, teacher(), users, pos, neg, extra, StudentConfig(embed_size=8), KDConfig())
     assert set(terms) == {"bpr", "reg", "pair_kd", "list_kd", "emb_kd"}
     sum(terms.values()).backward()
     for name, p in teacher.named_parameters():
@@ -119,7 +120,7 @@ def test_compress_embeddings_keeps_the_dominant_scores():
 
 
 def test_sparse_products_match_dense_with_empty_rows():
-    from Models import spmm
+    from utility.sparse_ops import spmm
     from utility.graph import to_torch_csr
     import scipy.sparse as sp
     mat = sp.random(40, 30, density=0.1, random_state=0, format="csr")
@@ -139,7 +140,7 @@ def test_sparse_products_match_dense_with_empty_rows():
 
 @pytest.mark.parametrize("block_elements", [1, 40, 1 << 18])
 def test_gather_dot_matches_gathered_scores_and_their_gradients(block_elements):
-    from Models import gather_dot
+    from utility.sparse_ops import gather_dot
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(7, 5, generator=gen, requires_grad=True)
     table = torch.randn(9, 5, generator=gen, requires_grad=True)
@@ -156,3 +157,76 @@ def test_gather_dot_matches_gathered_scores_and_their_gradients(block_elements):
     # only the table needs a gradient (teacher rows of a frozen teacher, say)
     (g_table,) = torch.autograd.grad(gather_dot(rows.detach(), table, index, block_elements).sum(), (table,))
     assert torch.allclose(g_table, torch.autograd.grad(ref.sum(), table)[0], atol=1e-6)
+
+
+# ---------------------------------------------------------------- each term's presence and weight
+
+def _teacher_terms(setup, **cfg):
+    teacher = make_teacher(setup, **cfg)
+    users, pos, neg, _ = batch()
+    with torch.no_grad():
+        return teacher_terms(teacher, teacher(), users, pos, neg, teacher.cfg), teacher
+
+
+@pytest.mark.parametrize("term, field", [("mm", "mm_loss_weight"), ("prompt", "prompt_loss_weight"), ("reg", "reg")])
+def test_teacher_term_scales_with_its_weight_and_only_its_own(setup, term, field):
+    base, _ = _teacher_terms(setup, **{field: 0.1})
+    double, _ = _teacher_terms(setup, **{field: 0.2})
+    assert double[term].item() == pytest.approx(2 * base[term].item(), rel=1e-5)
+    for other in base:
+        if other != term:
+            assert double[other].item() == pytest.approx(base[other].item(), rel=1e-6), other
+
+
+def test_teacher_reg_is_the_batch_id_embeddings_l2(setup):
+    terms, teacher = _teacher_terms(setup, reg=0.5)
+    users, pos, neg, _ = batch()
+    squares = teacher.user_emb[users].pow(2).sum() + teacher.item_emb[pos].pow(2).sum() + teacher.item_emb[neg].pow(2).sum()
+    assert terms["reg"].item() == pytest.approx(0.5 * squares.item() / (2 * 4), rel=1e-5)
+    assert "prompt" not in _teacher_terms(setup, prompt_loss_weight=0.0)[0]
+
+
+def _student_terms(setup, student_cfg=StudentConfig(embed_size=8), **kd):
+    teacher = make_teacher(setup)
+    teacher.eval()
+    torch.manual_seed(1)
+    student = LightGCNStudent(setup[0]["norm_ui"], setup[0]["norm_iu"], 8, 2)
+    users, pos, neg, extra = batch()
+    with torch.no_grad():
+        return student_terms(student, teacher(), users, pos, neg, extra, student_cfg, KDConfig(**kd)), student
+
+
+@pytest.mark.parametrize("term, field", [("pair_kd", "pair_weight"), ("list_kd", "list_weight"),
+                                         ("emb_kd", "emb_weight")])
+def test_student_kd_term_scales_with_its_weight_and_vanishes_at_zero(setup, term, field):
+    base, _ = _student_terms(setup, **{field: 0.5})
+    double, _ = _student_terms(setup, **{field: 1.0})
+    assert double[term].item() == pytest.approx(2 * base[term].item(), rel=1e-5)
+    for other in base:
+        if other != term:
+            assert double[other].item() == pytest.approx(base[other].item(), rel=1e-6), other
+    assert term not in _student_terms(setup, **{field: 0.0})[0]
+
+
+def test_student_reg_uses_its_own_weight_on_the_ego_embeddings(setup):
+    terms, student = _student_terms(setup, StudentConfig(embed_size=8, reg=0.3))
+    users, pos, neg, _ = batch()
+    squares = student.user_emb[users].pow(2).sum() + student.item_emb[pos].pow(2).sum() + student.item_emb[neg].pow(2).sum()
+    assert terms["reg"].item() == pytest.approx(0.3 * squares.item() / (2 * 4), rel=1e-5)
+
+
+def test_list_kd_variants_are_selected_by_the_config(setup):
+    reweighted, _ = _student_terms(setup)
+    plain, _ = _student_terms(setup, disentangle=False)
+    flat, _ = _student_terms(setup, list_reweight=False)
+    # with the teacher's non-target mass as weight the disentangled value equals the plain KL
+    assert reweighted["list_kd"].item() == pytest.approx(plain["list_kd"].item(), rel=1e-4)
+    assert flat["list_kd"].item() > reweighted["list_kd"].item()   # weight 1 >= the non-target mass
+
+
+def test_kd_temperature_reaches_the_pair_and_list_terms(setup):
+    cold, _ = _student_terms(setup, temperature=1.0)
+    warm, _ = _student_terms(setup, temperature=3.0)
+    for term in ("pair_kd", "list_kd"):
+        assert warm[term].item() != pytest.approx(cold[term].item(), rel=1e-3), term
+    assert warm["emb_kd"].item() == pytest.approx(cold["emb_kd"].item(), rel=1e-6)

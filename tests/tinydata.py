@@ -7,7 +7,8 @@ import numpy as np
 import scipy.sparse as sp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL_TIKTOK = os.path.join(ROOT, "..", "shared", "data", "tiktok")
+# the real Tiktok copy, for the tests that use it (they skip when it is absent); see README, "Tests"
+REAL_TIKTOK = os.environ.get("PROMPTMM_TIKTOK", "")
 
 
 def tiny_splits(n_users=30, n_items=40, seed=0):

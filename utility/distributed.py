@@ -33,6 +33,11 @@ def exit_without_finalizing(code):
     os._exit(code)
 
 
+def shard_rows(rank, world_size, rows):
+    """Rows ``rank, rank + world_size, ...`` of ``rows``: the ranks' slices partition the batch."""
+    return slice(rank, rows, world_size)
+
+
 class Distributed:
     """The process group of a torchrun launch (NCCL on CUDA, Gloo on CPU)."""
 
@@ -50,8 +55,12 @@ class Distributed:
         return self.rank == 0
 
     def shard(self, rows):
-        """This rank's rows of a global batch (a slice with a step)."""
-        return slice(self.rank, None, self.world_size) if rows > 1 else slice(0, rows)
+        """This rank's rows of a global batch of ``rows`` rows (a slice with a step).
+
+        Rank r takes rows r, r + N, ...; with fewer rows than ranks, the ranks past the last row
+        take none (each row is counted once in the all-reduced gradient).
+        """
+        return shard_rows(self.rank, self.world_size, rows)
 
     def sync_gradients(self, params, local_rows, global_rows):
         """Replace each gradient by the global-batch gradient: sum_r (rows_r / rows) grad_r."""

@@ -65,3 +65,17 @@ def to_torch_csr(mat):
             size=mat.shape,
             check_invariants=False,
         )
+
+
+def build_graphs(train, device):
+    """Every graph the models propagate on, as torch CSR tensors on ``device``.
+
+    ``norm_ui`` / ``norm_iu``: the blocks of the LightGCN adjacency (:func:`sym_norm_blocks`);
+    ``user_mean`` / ``item_mean``: the modality GNN's mean aggregations (:func:`mean_adj`), each with
+    its transpose for the backward pass.
+    """
+    user_mean, item_mean = mean_adj(train)
+    norm_ui, norm_iu = sym_norm_blocks(train)
+    mats = dict(norm_ui=norm_ui, norm_iu=norm_iu, user_mean=user_mean, user_mean_t=user_mean.T,
+                item_mean=item_mean, item_mean_t=item_mean.T)
+    return {name: to_torch_csr(m).to(device) for name, m in mats.items()}

@@ -9,7 +9,7 @@ e^T is formed only for those rows. The list-wise logits are scored block by bloc
 """
 import torch
 
-from Models import gather_dot, gather_rows
+from utility.sparse_ops import gather_dot, gather_rows
 from utility.losses import (bpr_loss, disentangled_list_kd_loss, l2_penalty, listwise_kl_loss,
                             pair_kd_loss, sce_loss)
 
@@ -31,8 +31,11 @@ def _fused_rows(out, users, pairs, mm_user, mm_pair):
             out.fuse(gather_rows(out.cf_item, pairs), mm_pair))
 
 
-def teacher_terms(teacher, out, users, pos, neg, weights):
-    """BPR(e^T) + lambda_m sum_m BPR(f^m) + lambda_p BPR(P) + reg * ||batch ID embeddings||^2."""
+def teacher_terms(teacher, out, users, pos, neg, cfg):
+    """BPR(e^T) + lambda_m sum_m BPR(f^m) + lambda_p BPR(P) + reg * ||batch ID embeddings||^2.
+
+    ``cfg``: the teacher's :class:`~utility.config.TeacherConfig` (its loss weights).
+    """
     pairs = torch.stack([pos, neg], dim=1)
     mm_user, mm_pair = _modality_rows(out, users, pairs)
     scores = _scores(*_fused_rows(out, users, pairs, mm_user, mm_pair))
@@ -42,17 +45,20 @@ def teacher_terms(teacher, out, users, pos, neg, weights):
         for m in mm_user:
             s = _scores(mm_user[m], mm_pair[m])
             mm = mm + bpr_loss(s[:, 0], s[:, 1])
-        terms["mm"] = weights["mm_loss_weight"] * mm
-    if out.prompt_user is not None and weights["prompt_loss_weight"]:
+        terms["mm"] = cfg.mm_loss_weight * mm
+    if out.prompt_user is not None and cfg.prompt_loss_weight:
         s = _scores(gather_rows(out.prompt_user, users), gather_rows(out.prompt_item, pairs))
-        terms["prompt"] = weights["prompt_loss_weight"] * bpr_loss(s[:, 0], s[:, 1])
-    terms["reg"] = weights["reg"] * l2_penalty(
+        terms["prompt"] = cfg.prompt_loss_weight * bpr_loss(s[:, 0], s[:, 1])
+    terms["reg"] = cfg.reg * l2_penalty(
         [gather_rows(teacher.user_emb, users), gather_rows(teacher.item_emb, pairs)], users.numel())
     return terms
 
 
-def student_terms(student, t_out, users, pos, neg, extra, weights, projector=None):
+def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=None):
     """BPR + reg + pair-wise ranking KD + disentangled list-wise KD + SCE embedding KD.
+
+    ``cfg``: the :class:`~utility.config.StudentConfig` (its reg); ``kd``: the
+    :class:`~utility.config.KDConfig` (weights, temperature, SCE gamma, list-KD variant).
 
     ``extra``: (batch, K) negatives; the list of each row is [pos, extra_1..K]. ``projector`` maps
     student embeddings to the teacher's width for the embedding KD when the two differ.
@@ -64,35 +70,34 @@ def student_terms(student, t_out, users, pos, neg, extra, weights, projector=Non
     s_scores = _scores(s_user, s_pair)
     terms = {"bpr": bpr_loss(s_scores[:, 0], s_scores[:, 1])}
     ego_user, ego_pair = student.ego_embeddings(users, pairs)
-    terms["reg"] = weights["student_reg"] * l2_penalty([ego_user, ego_pair], users.numel())
-    tau = weights["kd_temperature"]
+    terms["reg"] = cfg.reg * l2_penalty([ego_user, ego_pair], users.numel())
+    tau = kd.temperature
     modalities = list(t_out.mm_user)
     mm_user, mm_pair = _modality_rows(t_out, users, pairs)
 
-    if weights["kd_pair_weight"]:
+    if kd.pair_weight:
         t_scores = _scores(*_fused_rows(t_out, users, pairs, mm_user, mm_pair))
-        terms["pair_kd"] = weights["kd_pair_weight"] * pair_kd_loss(
+        terms["pair_kd"] = kd.pair_weight * pair_kd_loss(
             t_scores[:, 0], t_scores[:, 1], s_scores[:, 0], s_scores[:, 1], tau)
 
-    if weights["kd_list_weight"] and modalities:
+    if kd.list_weight and modalities:
         s_list = gather_dot(s_user, s_items, list_index)
         total = 0.0
         for m in modalities:
             t_list = gather_dot(mm_user[m], t_out.mm_item[m], lists)
-            if weights["no_disentangle"]:
-                total = total + listwise_kl_loss(t_list, s_list, tau)
+            if kd.disentangle:
+                total = total + disentangled_list_kd_loss(t_list, s_list, tau, reweight=kd.list_reweight)
             else:
-                total = total + disentangled_list_kd_loss(t_list, s_list, tau,
-                                                          reweight=not weights["no_list_reweight"])
-        terms["list_kd"] = weights["kd_list_weight"] * total / len(modalities)
+                total = total + listwise_kl_loss(t_list, s_list, tau)
+        terms["list_kd"] = kd.list_weight * total / len(modalities)
 
-    if weights["kd_emb_weight"] and modalities:
+    if kd.emb_weight and modalities:
         e_user, e_item = s_user, s_pair.reshape(-1, s_pair.shape[-1])
         if projector is not None:
             e_user, e_item = projector(e_user), projector(e_item)
         total = 0.0
         for m in modalities:
-            total = total + sce_loss(mm_pair[m].reshape(-1, e_item.shape[-1]), e_item, weights["sce_gamma"])
-            total = total + sce_loss(mm_user[m], e_user, weights["sce_gamma"])
-        terms["emb_kd"] = weights["kd_emb_weight"] * total / len(modalities)
+            total = total + sce_loss(mm_pair[m].reshape(-1, e_item.shape[-1]), e_item, kd.sce_gamma)
+            total = total + sce_loss(mm_user[m], e_user, kd.sce_gamma)
+        terms["emb_kd"] = kd.emb_weight * total / len(modalities)
     return terms

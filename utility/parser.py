@@ -5,6 +5,19 @@ flags given on the command line override the preset. Only ``main.py`` calls
 :func:`parse_args`; every other module receives plain values.
 """
 import argparse
+import warnings
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old flag name that still works, with a warning naming its replacement."""
+
+    def __init__(self, option_strings, dest, replacement, **kwargs):
+        self.replacement = replacement
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"{option_string} is deprecated; use {self.replacement}", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
 
 # Canonical preset name for each accepted spelling of a published dataset.
 DATASET_ALIASES = {
@@ -62,9 +75,14 @@ def build_parser():
     g.add_argument("--eval_batch_size", type=int, default=4096, help="users scored at once (capped by memory)")
     g.add_argument("--no_exclude_val", dest="exclude_val", action="store_false",
                    help="do not exclude validation items when testing (what the original code did)")
-    g.add_argument("--verbose", type=int, default=1, help="evaluate on validation every this many epochs")
+    g.add_argument("--eval_every", type=int, default=1, help="evaluate on validation every this many epochs")
+    g.add_argument("--verbose", dest="eval_every", type=int, action=_DeprecatedAlias, replacement="--eval_every",
+                   help="deprecated alias of --eval_every")
+    g.add_argument("--valid_metric", default="recall@20",
+                   help="validation metric that selects the best epoch and drives early stopping "
+                        "(recall, ndcg, precision, hit or ndcg_legacy @K, K one of --topk)")
     g.add_argument("--early_stopping_patience", type=int, default=20,
-                   help="stop after this many evaluations without a better validation Recall@20")
+                   help="stop after this many evaluations without a better --valid_metric")
 
     g = p.add_argument_group("teacher (stage 1)")
     g.add_argument("--epoch", type=int, default=300, help="maximum teacher epochs")
@@ -135,9 +153,10 @@ def parse_args(argv=None):
 def validate_args(args):
     """Flag values that parse but make no sense: a one-line UserError naming the flag."""
     from utility.errors import UserError
+    from utility.metrics import METRIC_FUNCTIONS
 
     positive = ("epoch", "batch_size", "embed_size", "mm_layers", "student_epoch", "eval_batch_size",
-                "verbose", "early_stopping_patience", "student_embed_size", "student_hidden")
+                "eval_every", "early_stopping_patience", "student_embed_size", "student_hidden")
     for name in positive:
         if getattr(args, name) < 1:
             raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
@@ -148,16 +167,21 @@ def validate_args(args):
     for name in non_negative:
         if getattr(args, name) < 0:
             raise UserError(f"--{name} {getattr(args, name)}: must not be negative")
-    for name in ("lr", "student_lr", "prompt_lr", "kd_temperature", "sce_gamma"):
+    for name in ("lr", "student_lr", "prompt_lr", "kd_temperature"):
         if not getattr(args, name) > 0:
             raise UserError(f"--{name} {getattr(args, name)}: must be positive")
     for name in ("dropout", "prompt_dropout"):
         if not 0 <= getattr(args, name) < 1:
             raise UserError(f"--{name} {getattr(args, name)}: must be in [0, 1)")
+    if not args.sce_gamma >= 1:   # below 1, |1 - cos|^gamma has an infinite slope at cos = 1
+        raise UserError(f"--sce_gamma {args.sce_gamma}: must be at least 1")
     if min(args.topk) < 1:
         raise UserError(f"--topk {args.topk}: every K must be at least 1")
-    if 20 not in args.topk:
-        raise UserError(f"--topk {args.topk}: must include 20 (model selection uses validation Recall@20)")
+    metric, _, k = args.valid_metric.partition("@")
+    if metric not in METRIC_FUNCTIONS or not k.isdigit():
+        raise UserError(f"--valid_metric {args.valid_metric}: expected NAME@K, NAME one of {', '.join(METRIC_FUNCTIONS)}")
+    if int(k) not in args.topk:
+        raise UserError(f"--valid_metric {args.valid_metric}: K={k} is not one of --topk {args.topk}")
     if args.kd_list_weight and args.neg_sample_num < 1:
         raise UserError("--neg_sample_num 0: the list-wise KD needs at least one extra negative "
                         "(or set --kd_list_weight 0)")

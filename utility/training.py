@@ -1,11 +1,28 @@
 """One training loop for both stages: epochs of sampled batches, validation, early stopping,
-and a resumable position (epoch, batch) that a checkpoint can capture at any batch boundary."""
+and a resumable position (epoch, batch) that a checkpoint can capture at any batch boundary.
+
+A :class:`Stage` says what is trained (modules, optimiser, loss, embeddings to evaluate); a
+:class:`Run` holds what both stages share (data sampler, evaluators, log, run folder).
+``train_stage`` runs epochs (``run_epoch``) and ends each (``end_epoch``: validate, log, stop
+early, save); ``finish_stage`` reloads the best weights and tests them once.
+"""
+import copy
+import os
+import random
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from tqdm import tqdm
+
+from utility.config import TrainConfig
+from utility.evaluate import dot_scores
+from utility.run_io import save_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
 
 
 class EarlyStopping:
@@ -93,131 +110,275 @@ class StageState:
     partial_seconds: float = 0.0
     skipped: int = 0                  # batches skipped under --nan_policy skip (this epoch)
     history: list = field(default_factory=list)
-    stopper: dict = None
+    stopper: dict = None              # EarlyStopping.state_dict()
     train_seconds: list = field(default_factory=list)
     eval_seconds: list = field(default_factory=list)
     done: bool = False
 
 
+@dataclass
+class Stage:
+    """What one stage trains; everything else about the loop is shared by both stages."""
+
+    name: str                         # "teacher" or "student": the names of its files and log lines
+    kind: str                         # what the summary calls the model ("teacher", "lightgcn", "mlp")
+    modules: dict                     # name -> module, saved in checkpoints and restored on resume
+    train_modules: list               # put in training mode for each epoch
+    optimizer: torch.optim.Optimizer
+    loss: Callable                    # (users, pos, neg, extra) -> {term name: weighted scalar}
+    embeddings: Callable              # () -> (user, item) embeddings for evaluation
+    cfg: TrainConfig
+    extra_negatives: int = 0          # K extra negatives per row (list-wise KD)
+    params: int = 0                   # parameter count reported in the summary
+    best_models: dict = None          # state dicts of the best validation epoch so far
+
+
+@dataclass
+class Run:
+    """The parts of a run every stage uses."""
+
+    config: dict                      # the run's config, stored in every checkpoint
+    data: dict                        # the dataset's signature, stored in every checkpoint
+    device: torch.device
+    sampler: Any
+    val_eval: Any
+    test_eval: Any
+    log: Any
+    run_dir: str
+    results: dict
+    dist: Any = None                  # utility.distributed.Distributed under torchrun
+    resume: dict = None               # the checkpoint an interrupted run continues from
+    check_replicas: bool = False
+    replica_checks: int = 0           # steps after which every rank was found to hold the same weights
+    stop_flag: StopFlag = field(default_factory=StopFlag)
+
+    @property
+    def writer(self):
+        """Only one process writes files."""
+        return self.dist is None or self.dist.is_main
+
+    def stop_requested(self):
+        requested = self.stop_flag.signum is not None
+        return requested if self.dist is None else self.dist.any(requested)
+
+
 def format_metrics(metrics, keys=("recall@20", "ndcg@20")):
-    return " ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+    return " ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
 
 
-def train_stage(stage, *, train_modules, optimizer, loss_terms, sampler, batch_size, extra_negatives,
-                evaluate_val, max_epochs, patience, verbose, on_best, save, log, device, state=None,
-                stop_flag=None, nan_policy="stop", max_batches=None, dist=None, check_replicas=False):
-    """Train until ``max_epochs`` or early stopping on validation Recall@20.
+# ---------------------------------------------------------------- checkpoints
 
-    loss_terms(users, pos, neg, extra) -> {name: scalar tensor}; their sum is minimised.
-    evaluate_val() -> metrics; on_best(epoch, metrics) runs at each new best; save(state) writes a
-    checkpoint (after every epoch, and when a stop is requested). ``state`` resumes a stage.
-    With ``dist`` (utility.distributed.Distributed), ``batch_size`` is per rank: each global batch
-    of world_size * batch_size rows is split across ranks and the gradients are all-reduced.
-    Returns (state, early_stopping).
+def rng_states():
+    states = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def checkpoint(stage, run, state):
+    """The one checkpoint format: ``checkpoint.pt`` (every epoch) and ``<stage>.pt`` (best) alike."""
+    stopper = state.stopper or EarlyStopping(stage.cfg.patience).state_dict()
+    return dict(stage=stage.name, epoch=len(state.history), models={k: m.state_dict() for k, m in stage.modules.items()},
+                optimizer=stage.optimizer.state_dict(), best_score=stopper["best_score"],
+                best_epoch=stopper["best_epoch"], stopper=stopper, state=asdict(state), rng=rng_states(),
+                sampler=run.sampler.get_state(), config=run.config, data=run.data, results=run.results)
+
+
+def save(stage, run, state, *names):
+    if run.writer:
+        ckpt = checkpoint(stage, run, state)
+        for name in names:
+            save_checkpoint(ckpt, os.path.join(run.run_dir, name))
+
+
+def start_stage(stage, run):
+    """A fresh state, or the interrupted run's own when it stopped in this stage."""
+    if run.resume is None or run.resume["stage"] != stage.name:
+        return StageState()
+    ckpt = run.resume
+    for name, module in stage.modules.items():
+        module.load_state_dict(ckpt["models"][name])
+    stage.optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_states(ckpt["rng"])
+    run.sampler.set_state(ckpt["sampler"])
+    best_file = os.path.join(run.run_dir, f"{stage.name}.pt")
+    if ckpt["best_epoch"] and os.path.isfile(best_file):
+        stage.best_models = torch.load(best_file, map_location=run.device, weights_only=False)["models"]
+    return StageState(**ckpt["state"])
+
+
+# ---------------------------------------------------------------- the loop
+
+def train_stage(stage, run):
+    """Train until ``cfg.epochs`` or early stopping on the validation ``cfg.valid_metric``."""
+    state = start_stage(stage, run)
+    with run.stop_flag:
+        while not state.done:
+            end_epoch(stage, run, state, *run_epoch(stage, run, state))
+    return state
+
+
+def epoch_batches(stage, run, state):
+    """The epoch's global batches from ``state.batch`` on, as (index, [users, pos, neg, extra]).
+
+    The whole epoch is sampled at its start; resuming mid-epoch replays that sampling from the
+    sampler state recorded when the epoch began, then skips the batches already trained.
     """
-    state = state or StageState()
-    world = dist.world_size if dist is not None else 1
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    stop_requested = ((lambda: stop_flag is not None and stop_flag.signum is not None) if dist is None else
-                      (lambda: dist.any(stop_flag is not None and stop_flag.signum is not None)))
-    stopper = EarlyStopping(patience)
+    if state.batch == 0:
+        state.sampler_state = run.sampler.get_state()
+    else:
+        run.sampler.set_state(state.sampler_state)
+    arrays = [None if a is None else torch.as_tensor(a, device=run.device)
+              for a in run.sampler.epoch(stage.extra_negatives)]
+    step = stage.cfg.batch_size * (1 if run.dist is None else run.dist.world_size)
+    starts = list(range(0, arrays[0].numel(), step))[:stage.cfg.max_batches]
+    batches = ((i, [None if a is None else a[starts[i]: starts[i] + step] for a in arrays])
+               for i in range(state.batch, len(starts)))
+    return len(starts), batches
+
+
+def run_epoch(stage, run, state):
+    """One epoch of steps: (row-weighted sums of each loss term, number of batches, seconds taken)."""
+    start = time.perf_counter()
+    n_batches, batches = epoch_batches(stage, run, state)
+    for module in stage.train_modules:
+        module.train()
+    sums = {k: torch.as_tensor(v, device=run.device) for k, v in state.sums.items()}
+    bad_terms = {}
+    quiet = None if run.writer else True
+    for index, batch in tqdm(batches, total=n_batches - state.batch, desc=f"{stage.name} epoch {state.epoch}",
+                             leave=False, dynamic_ncols=True, disable=quiet):
+        terms, share = train_step(stage, run, batch)
+        if terms is None:
+            state.skipped += 1
+        for name, value in (terms or {}).items():
+            value = value.detach()
+            bad_terms[name] = bad_terms.get(name, False) | ~torch.isfinite(value)
+            sums[name] = sums.get(name, 0.0) + value * share
+        state.batch = index + 1
+        if state.batch < n_batches and run.stop_requested():
+            _check_finite(bad_terms, stage.name, state.epoch, run.dist)
+            state.sums = {k: float(v) for k, v in sums.items()}
+            state.partial_seconds += time.perf_counter() - start
+            save(stage, run, state, CHECKPOINT)
+            raise Interrupted(run.stop_flag.signum or signal.SIGTERM)
+    _check_finite(bad_terms, stage.name, state.epoch, run.dist)
+    return sums, n_batches, state.partial_seconds + time.perf_counter() - start
+
+
+def train_step(stage, run, batch):
+    """One optimiser step on this process's rows of a global batch.
+
+    Returns (loss terms, this process's share of the batch's rows), or (None, 0) for a batch
+    skipped under ``--nan_policy skip``.
+    """
+    global_rows = batch[0].numel()
+    if run.dist is not None:
+        mine = run.dist.shard(global_rows)
+        batch = [None if a is None else a[mine] for a in batch]
+    local_rows = batch[0].numel()
+    stage.optimizer.zero_grad(set_to_none=True)
+    terms = stage.loss(*batch) if local_rows else {}
+    loss = sum(terms.values()) if terms else torch.zeros((), device=run.device)
+    if stage.cfg.nan_policy == "skip":
+        non_finite = not bool(torch.isfinite(loss))
+        if run.dist is not None:
+            non_finite = run.dist.any(non_finite)
+        if non_finite:
+            return None, 0.0
+    if terms:
+        loss.backward()
+    params = [p for group in stage.optimizer.param_groups for p in group["params"]]
+    if run.dist is not None:
+        run.dist.sync_gradients(params, local_rows, global_rows)
+    stage.optimizer.step()
+    if run.check_replicas and run.dist is not None:
+        run.dist.check_replicas(params)   # raises when the ranks' parameters differ
+        run.replica_checks += 1
+    return terms, local_rows / global_rows
+
+
+def epoch_losses(sums, n_batches, dist=None):
+    """Each term's mean over the epoch's batches (summed over processes first)."""
+    if dist is not None:   # every rank's share of each batch mean, summed
+        names = loss_names(sums, dist)
+        total = dist.sum(torch.stack([torch.as_tensor(sums.get(n, 0.0), dtype=torch.float32, device=dist.device)
+                                      for n in names])) if names else []
+        sums = dict(zip(names, total))
+    return {name: float(value) / max(1, n_batches) for name, value in sums.items()}
+
+
+def end_epoch(stage, run, state, sums, n_batches, seconds):
+    """Validate (every ``eval_every`` epochs), log the epoch, stop early, and save."""
+    cfg, epoch = stage.cfg, state.epoch
+    stopper = EarlyStopping(cfg.patience)
     if state.stopper is not None:
         stopper.load_state_dict(state.stopper)
-    while not state.done and state.epoch <= max_epochs and not stopper.should_stop:
-        epoch = state.epoch
-        if state.batch == 0:   # (sums, seconds and skips were reset when the previous epoch ended)
-            state.sampler_state = sampler.get_state()
-        else:  # resuming mid-epoch: replay the epoch's sampling from its starting state
-            sampler.set_state(state.sampler_state)
+    losses = epoch_losses(sums, n_batches - state.skipped, run.dist)
+    state.train_seconds.append(seconds)
+    record = dict(epoch=epoch, loss=sum(losses.values()), terms=losses, seconds=seconds)
+    line = f"{stage.name:<7} epoch {epoch:4d} | loss {record['loss']:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+    if state.skipped:
+        record["skipped_batches"] = state.skipped
+        line += f" | skipped {state.skipped} non-finite batches"
+    improved = False
+    if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
         start = time.perf_counter()
-        users, pos, neg, extra = (None if a is None else torch.as_tensor(a, device=device)
-                                  for a in sampler.epoch(extra_negatives))
-        for module in train_modules:
-            module.train()
-        step = batch_size * world
-        starts = list(range(0, users.numel(), step))
-        if max_batches is not None:
-            starts = starts[:max_batches]
-        sums = {k: torch.as_tensor(v, device=device) for k, v in state.sums.items()}
-        bad_terms = {}
-        for index in tqdm(range(state.batch, len(starts)), desc=f"{stage} epoch {epoch}", leave=False,
-                          dynamic_ncols=True, disable=None if dist is None or dist.is_main else True):
-            rows = slice(starts[index], starts[index] + step)
-            global_rows = users[rows].numel()
-            mine = slice(None) if dist is None else dist.shard(global_rows)
-            batch = [None if a is None else a[rows][mine] for a in (users, pos, neg, extra)]
-            local_rows = batch[0].numel()
-            optimizer.zero_grad(set_to_none=True)
-            terms = loss_terms(*batch) if local_rows else {}
-            loss = sum(terms.values()) if terms else torch.zeros((), device=device)
-            non_finite = nan_policy == "skip" and not bool(torch.isfinite(loss))
-            if dist is not None and nan_policy == "skip":
-                non_finite = dist.any(non_finite)
-            if non_finite:
-                state.skipped += 1
-            else:
-                if terms:
-                    loss.backward()
-                if dist is not None:
-                    dist.sync_gradients(params, local_rows, global_rows)
-                optimizer.step()
-                if check_replicas and dist is not None:
-                    dist.check_replicas(params)
-                for name, value in terms.items():
-                    value = value.detach()
-                    bad_terms[name] = bad_terms.get(name, False) | ~torch.isfinite(value)
-                    sums[name] = sums.get(name, 0.0) + value * (local_rows / global_rows)
-            state.batch = index + 1
-            if state.batch < len(starts) and stop_requested():
-                _check_finite(bad_terms, stage, epoch, dist)
-                state.sums = {k: float(v) for k, v in sums.items()}
-                state.partial_seconds += time.perf_counter() - start
-                state.stopper = stopper.state_dict()
-                save(state)
-                raise Interrupted(stop_flag.signum or signal.SIGTERM)
-        _check_finite(bad_terms, stage, epoch, dist)
-        n_batches = max(1, len(starts) - state.skipped)
-        if dist is not None:   # every rank's share of each batch mean, summed
-            names = loss_names(sums, dist)
-            total = dist.sum(torch.stack([torch.as_tensor(sums.get(n, 0.0), device=device, dtype=torch.float32)
-                                          for n in names])) if names else []
-            sums = dict(zip(names, total))
-        losses = {name: float(value) / n_batches for name, value in sums.items()}
-        state.train_seconds.append(state.partial_seconds + time.perf_counter() - start)
-
-        record = dict(epoch=epoch, loss=sum(losses.values()), terms=losses, seconds=state.train_seconds[-1])
-        line = (f"{stage:<7} epoch {epoch:4d} | loss {record['loss']:.4f} "
-                + " ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-        if state.skipped:
-            record["skipped_batches"] = state.skipped
-            line += f" | skipped {state.skipped} non-finite batches"
-        if epoch % verbose == 0 or epoch == max_epochs:
-            start = time.perf_counter()
-            metrics = evaluate_val()
-            state.eval_seconds.append(time.perf_counter() - start)
-            record["val"] = metrics
-            improved = stopper.update(metrics["recall@20"], epoch)
-            if improved:
-                on_best(epoch, metrics)
-            line += (f" | val {format_metrics(metrics)} | {state.train_seconds[-1]:.1f}s+{state.eval_seconds[-1]:.2f}s"
-                     + (" *" if improved else ""))
-        else:
-            line += f" | {state.train_seconds[-1]:.1f}s"
-        log(line)
-        state.history.append(record)
-        state.epoch, state.batch = epoch + 1, 0
-        state.sums, state.partial_seconds, state.skipped = {}, 0.0, 0
-        state.stopper = stopper.state_dict()
-        if stopper.should_stop:
-            log(f"{stage}: early stopping at epoch {epoch}; best validation recall@20 "
+        record["val"] = run.val_eval(dot_scores(*stage.embeddings()))
+        state.eval_seconds.append(time.perf_counter() - start)
+        improved = stopper.update(record["val"][cfg.valid_metric], epoch)
+        if improved:
+            stage.best_models = {k: copy.deepcopy(m.state_dict()) for k, m in stage.modules.items()}
+        keys = dict.fromkeys([cfg.valid_metric, "recall@20", "ndcg@20"])
+        line += f" | val {format_metrics(record['val'], keys)} | {seconds:.1f}s+{state.eval_seconds[-1]:.2f}s"
+        line += " *" if improved else ""
+    else:
+        line += f" | {seconds:.1f}s"
+    run.log(line)
+    state.history.append(record)
+    state.epoch, state.batch, state.sums, state.partial_seconds, state.skipped = epoch + 1, 0, {}, 0.0, 0
+    state.stopper = stopper.state_dict()
+    if stopper.should_stop:
+        run.log(f"{stage.name}: early stopping at epoch {epoch}; best validation {cfg.valid_metric} "
                 f"{stopper.best_score:.4f} at epoch {stopper.best_epoch}")
-        if stopper.should_stop or state.epoch > max_epochs:
-            state.done = True
-        save(state)
-        if not state.done and stop_requested():
-            raise Interrupted(stop_flag.signum or signal.SIGTERM)
-    state.done = True
-    return state, stopper
+    state.done = stopper.should_stop or state.epoch > cfg.epochs
+    save(stage, run, state, CHECKPOINT, *([f"{stage.name}.pt"] if improved else []))
+    if not state.done and run.stop_requested():
+        raise Interrupted(run.stop_flag.signum or signal.SIGTERM)
+
+
+def finish_stage(stage, run, state):
+    """Reload the best validation weights, test them once, and record the stage's summary."""
+    stopper = state.stopper or {}
+    best_epoch = stopper.get("best_epoch", 0)
+    if not best_epoch:
+        raise RuntimeError(f"{stage.name}: no validation ran, so no epoch was selected")
+    for name, module in stage.modules.items():
+        module.load_state_dict(stage.best_models[name])
+    val = state.history[best_epoch - 1]["val"]
+    test = run.test_eval(dot_scores(*stage.embeddings()))
+    run.results[stage.name] = stage_summary(stage.kind, state, best_epoch, stage.params, val, test)
+    run.results[f"{stage.name}_history"] = state.history
+    if run.check_replicas and run.dist is not None:
+        run.log(f"{stage.name}: parameters identical on all ranks after each of {run.replica_checks} steps")
+        run.replica_checks = 0
+    run.log(f"{stage.name} best epoch {best_epoch}: val {format_metrics(val)} | test {format_metrics(test)}")
+    return run.results[stage.name]
+
+
+def stage_summary(kind, state, best_epoch, params, val, test):
+    return dict(kind=kind, best_epoch=best_epoch, epochs_run=len(state.history), params=params,
+                seconds_per_epoch=float(np.mean(state.train_seconds)) if state.train_seconds else 0.0,
+                eval_seconds=float(np.median(state.eval_seconds)) if state.eval_seconds else 0.0,
+                val=val, test=test)
 
 
 def loss_names(sums, dist):
