@@ -2,9 +2,12 @@
 import json
 import os
 
+import pytest
+
 from scripts import ablation
 
 
+@pytest.mark.slow
 def test_ablation_table(tmp_path, tiny_json):
     out = tmp_path / "ablation.md"
     ablation.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),

@@ -28,6 +28,7 @@ def results(runs):
         return json.load(f), folders[0]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(dataset, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -150,6 +150,7 @@ def test_valid_metric_selects_the_epoch(tmp_path, tiny_json):
     assert results["teacher"]["best_epoch"] == 1 + history.index(max(history))
 
 
+@pytest.mark.slow
 def test_trained_models_beat_most_popular_on_planted_data(tmp_path):
     """Users like one item cluster that the features reveal: personalised models must win."""
     from tinydata import tiny_splits, write_json_dataset

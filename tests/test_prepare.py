@@ -24,6 +24,8 @@ SEED = 2024
 K_CORE = prepare.DEFAULT_K_CORE
 SPLITS = ("train", "val", "test")
 
+pytestmark = pytest.mark.slow   # builds the movielens dataset with the text encoder
+
 
 @pytest.fixture(scope="module")
 def data_path(tmp_path_factory):

@@ -16,6 +16,8 @@ from tinydata import ROOT
 ARGS = ["--epoch", "4", "--student_epoch", "4", "--batch_size", "64", "--embed_size", "16",
         "--threads", "1", "--no_plot", "--early_stopping_patience", "10"]
 
+pytestmark = pytest.mark.slow   # kills and resumes training subprocesses
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
