@@ -2,18 +2,16 @@
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
 import main
 from Models import Teacher
-from tinydata import tiny_splits
+from tinydata import split_matrix, tiny_splits
 from utility.config import TeacherConfig
 from utility.evaluate import RankingEvaluator, dot_scores
 from utility.features import item_hard_tokens
 from utility.graph import build_graphs
-from utility.load_data import _pairs_to_csr
 from utility.objectives import teacher_terms
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -21,9 +19,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 def _parts(device):
     train, _, _, feats = tiny_splits(n_users=60, n_items=80, seed=3)
-    users = np.array([int(u) for u, items in train.items() for _ in items])
-    items = np.array([i for items in train.values() for i in items])
-    mat = _pairs_to_csr(users, items, 60, 80)
+    mat = split_matrix(train, 60, 80).tocsr()
     tokens = torch.from_numpy(item_hard_tokens(feats, 8)).to(device)
     return build_graphs(mat, device), {m: torch.from_numpy(x).to(device) for m, x in feats.items()}, tokens
 

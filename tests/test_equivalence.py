@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from Models import Teacher
-from tinydata import tiny_splits
+from tinydata import split_matrix, tiny_splits
 from utility.config import TeacherConfig
 from utility.features import item_hard_tokens
 from utility.graph import build_graphs
-from utility.load_data import _pairs_to_csr
 from utility.objectives import teacher_terms
 
 CFG = TeacherConfig(embed_size=8, feat_prompt_weight=0.5, emb_prompt_weight=0.3, mm_layers=2, mm_fusion_weight=0.7,
@@ -86,9 +85,7 @@ def rel_err(a, b):
 @pytest.fixture(scope="module")
 def parts():
     train, _, _, feats = tiny_splits(n_users=60, n_items=80, seed=3)
-    users = np.array([int(u) for u, items in train.items() for _ in items])
-    items = np.array([i for items in train.values() for i in items])
-    mat = _pairs_to_csr(users, items, 60, 80)
+    mat = split_matrix(train, 60, 80).tocsr()
     feats = {m: np.random.default_rng(7).normal(size=x.shape).astype(np.float32) + x for m, x in feats.items()}
     tokens = torch.from_numpy(item_hard_tokens(feats, 8))
     return mat, {m: torch.from_numpy(x) for m, x in feats.items()}, tokens

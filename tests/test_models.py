@@ -1,25 +1,21 @@
 """Model shapes, stage-2 gradient flow, and the students."""
-import numpy as np
 import pytest
 import torch
 
 from dataclasses import replace
 
 from Models import LightGCNStudent, MLPStudent, Teacher, compress_embeddings
-from tinydata import tiny_splits
+from tinydata import split_matrix, tiny_splits
 from utility.config import KDConfig, StudentConfig, TeacherConfig
 from utility.features import item_hard_tokens
 from utility.graph import build_graphs
-from utility.load_data import _pairs_to_csr
 from utility.objectives import student_terms, teacher_terms
 
 
 @pytest.fixture(scope="module")
 def setup():
     train, _, _, feats = tiny_splits()
-    users = np.array([int(u) for u, items in train.items() for _ in items])
-    items = np.array([i for items in train.values() for i in items])
-    mat = _pairs_to_csr(users, items, 30, 40)
+    mat = split_matrix(train, 30, 40).tocsr()
     graphs = build_graphs(mat, torch.device("cpu"))
     tokens = torch.from_numpy(item_hard_tokens(feats, 8))
     feats = {m: torch.from_numpy(x) for m, x in feats.items()}
