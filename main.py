@@ -36,7 +36,7 @@ from utility.plots import plot_curves
 from utility.run_io import Logger, new_run_dir, write_json
 from utility.sampler import TripleSampler
 from utility.training import (CHECKPOINT, Interrupted, NonFiniteLoss, Run, Stage, finish_stage, format_metrics,
-                              train_stage)
+                              test_once, train_stage)
 
 
 @dataclass
@@ -134,7 +134,7 @@ def load_teacher(setup, ctx):
         start = time.perf_counter()
         val = ctx.val_eval(dot_scores(*eval_embeddings(teacher)))
         seconds = time.perf_counter() - start
-        test = ctx.test_eval(dot_scores(*eval_embeddings(teacher)))
+        test = test_once("teacher", ctx, dot_scores(*eval_embeddings(teacher)))
         ctx.results["teacher"] = dict(kind="teacher", best_epoch=setup.teacher_ckpt["best_epoch"], epochs_run=0,
                                       params=count_parameters(teacher), seconds_per_epoch=0.0,
                                       eval_seconds=seconds, val=val, test=test)
@@ -188,7 +188,7 @@ def teacher_loss(teacher, cfg, users, pos, neg, extra):
 
 
 def student_loss(student, teacher, fixed_teacher, cfg, kd, projector, users, pos, neg, extra):
-    t_out = teacher() if fixed_teacher is None else fixed_teacher
+    t_out = None if not kd.active else teacher() if fixed_teacher is None else fixed_teacher
     return student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector)
 
 
@@ -214,13 +214,13 @@ def student_stage(setup, ctx, teacher):
         groups.append(dict(params=prompt_params, lr=args.prompt_lr))
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     fixed_teacher = None
-    if not prompt_params:   # without trainable prompts the frozen teacher's outputs never change
+    if not prompt_params and kd.active:   # without trainable prompts the frozen teacher's outputs never change
         with torch.no_grad():
             fixed_teacher = teacher()
     return Stage("student", cfg.model_type, modules, [student] + ([projector] if projector else []), optimizer,
                  loss=partial(student_loss, student, teacher, fixed_teacher, cfg, kd, projector),
                  embeddings=partial(eval_embeddings, student), cfg=TrainConfig.from_args(args, "student"),
-                 extra_negatives=kd.neg_sample_num, params=count_parameters(student))
+                 extra_negatives=kd.neg_sample_num if kd.needs_lists else 0, params=count_parameters(student))
 
 
 def popularity_scores(popularity, users):

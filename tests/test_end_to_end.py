@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,6 +57,10 @@ def test_both_stages_and_reuse_of_the_teacher(tmp_path, tiny_json):
     eff = results["efficiency"]
     assert {"teacher_params", "student_params", "teacher_infer_ms", "student_infer_ms"} <= set(eff)
     assert "most_popular" in results
+    for stage in ("teacher", "student"):   # per-user test metrics for paired tests
+        per_user = np.load(folders[0] / f"{stage}_test_per_user.npz")
+        for metric in ("recall@20", "ndcg@20"):
+            assert per_user[metric].mean() == pytest.approx(results[stage]["test"][metric], abs=1e-9)
 
     # stage 2 froze every teacher weight but the prompt module's
     teacher = torch.load(folders[0] / "teacher.pt", weights_only=False)["models"]["teacher"]

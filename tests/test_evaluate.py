@@ -129,3 +129,27 @@ def test_hand_worked_metrics_with_training_and_validation_items_excluded():
     m = RankingEvaluator(test, [], [1, 3], torch.device("cpu"))(score)
     assert m["recall@1"] == 0.0
     assert m["ndcg@3"] == pytest.approx(d[1] / ideal3)
+
+
+def test_per_user_metrics_average_to_the_reported_means():
+    import scipy.sparse as sp
+    train = sp.random(40, 30, density=0.2, random_state=1, format="csr")
+    test = sp.random(40, 30, density=0.1, random_state=2, format="csr")
+    test = (test - test.multiply(train)).tocsr()
+    test.eliminate_zeros()
+    gen = torch.Generator().manual_seed(0)
+    user, item = torch.randn(40, 8, generator=gen), torch.randn(30, 8, generator=gen)
+    evaluator = RankingEvaluator(test, [train], [10, 20], torch.device("cpu"), batch_size=7)
+    means = evaluator(dot_scores(user, item))
+    per_user = evaluator.per_user(dot_scores(user, item))
+    assert list(per_user["users"]) == list(np.flatnonzero(np.diff(test.indptr) > 0))
+    for name in ("recall@20", "ndcg@20"):
+        assert per_user[name].shape == per_user["users"].shape
+        assert per_user[name].mean() == pytest.approx(means[name], abs=1e-12)
+    # one user by hand: recall@20 = held-out items among its top 20 (training items excluded)
+    u = int(per_user["users"][3])
+    scores = (user[u] @ item.T).numpy()
+    scores[train[u].indices] = -np.inf
+    top = set(np.argsort(-scores, kind="stable")[:20])
+    truth = set(test[u].indices)
+    assert per_user["recall@20"][3] == pytest.approx(len(top & truth) / len(truth))

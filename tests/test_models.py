@@ -226,3 +226,19 @@ def test_kd_temperature_reaches_the_pair_and_list_terms(setup):
     for term in ("pair_kd", "list_kd"):
         assert warm[term].item() != pytest.approx(cold[term].item(), rel=1e-3), term
     assert warm["emb_kd"].item() == pytest.approx(cold["emb_kd"].item(), rel=1e-6)
+
+
+def test_no_kd_leaves_bpr_and_reg_only_and_needs_no_teacher(setup):
+    from types import SimpleNamespace
+    args = SimpleNamespace(kd_pair_weight=1.0, kd_list_weight=1.0, kd_emb_weight=0.1, kd_temperature=1.0,
+                           sce_gamma=2.0, neg_sample_num=10, no_disentangle=False, no_list_reweight=False, no_kd=True)
+    kd = KDConfig.from_args(args)
+    assert not kd.active and not kd.needs_lists
+    full, _ = _student_terms(setup)
+    torch.manual_seed(1)
+    student = LightGCNStudent(setup[0]["norm_ui"], setup[0]["norm_iu"], 8, 2)
+    users, pos, neg, _ = batch()
+    terms = student_terms(student, None, users, pos, neg, None, StudentConfig(embed_size=8), kd)
+    assert set(terms) == {"bpr", "reg"}
+    assert terms["bpr"].item() == pytest.approx(full["bpr"].item(), rel=1e-6)
+    assert KDConfig.from_args(SimpleNamespace(**{**vars(args), "no_kd": False})).active

@@ -68,10 +68,21 @@ class KDConfig:
     disentangle: bool = True
     list_reweight: bool = True
 
+    @property
+    def active(self):
+        """True when any KD term has a weight."""
+        return bool(self.pair_weight or self.list_weight or self.emb_weight)
+
+    @property
+    def needs_lists(self):
+        """True when a term scores each row's list of K extra negatives."""
+        return bool(self.list_weight)
+
     @classmethod
     def from_args(cls, args):
-        return cls(pair_weight=args.kd_pair_weight, list_weight=args.kd_list_weight,
-                   emb_weight=args.kd_emb_weight, temperature=args.kd_temperature, sce_gamma=args.sce_gamma,
+        off = getattr(args, "no_kd", False)   # --no_kd: every KD term off, whatever its weight
+        return cls(pair_weight=0.0 if off else args.kd_pair_weight, list_weight=0.0 if off else args.kd_list_weight,
+                   emb_weight=0.0 if off else args.kd_emb_weight, temperature=args.kd_temperature, sce_gamma=args.sce_gamma,
                    neg_sample_num=args.neg_sample_num, disentangle=not args.no_disentangle,
                    list_reweight=not args.no_list_reweight)
 

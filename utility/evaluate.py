@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from utility.metrics import metric_sums
+from utility.metrics import METRIC_FUNCTIONS, metric_sums
 
 SCORE_BUDGET = 1 << 22  # float32 scores per batch (16 MB)
 
@@ -60,11 +60,10 @@ class RankingEvaluator:
         rows = torch.repeat_interleave(torch.arange(end - start, device=ptr.device), counts)
         return rows, slice(int(ptr[start]), int(ptr[end]))
 
-    @torch.no_grad()
-    def metric_sums(self, score_fn):
-        """Per-metric sums over this evaluator's users (float64 tensors) and the user count."""
+    def _hit_blocks(self, score_fn):
+        """(start, end, hits) per block of evaluated users: hits[r, j] is True when the j-th ranked
+        item of user ``start + r`` is one of its held-out items."""
         k_max = max(self.ks)
-        sums = None
         for start in range(0, self.users.numel(), self.batch_size):
             end = min(start + self.batch_size, self.users.numel())
             scores = score_fn(self.users[start:end]).float()
@@ -76,12 +75,32 @@ class RankingEvaluator:
             hits = self.truth_keys[where] == keys
             if hits.shape[1] < k_max:
                 hits = torch.nn.functional.pad(hits, (0, k_max - hits.shape[1]))
+            yield start, end, hits
+
+    @torch.no_grad()
+    def metric_sums(self, score_fn):
+        """Per-metric sums over this evaluator's users (float64 tensors) and the user count."""
+        sums = None
+        for start, end, hits in self._hit_blocks(score_fn):
             batch = metric_sums(hits, self.n_pos[start:end], self.ks)
             sums = batch if sums is None else {k: sums[k] + v for k, v in batch.items()}
         if sums is None:
             sums = {k: torch.zeros((), dtype=torch.float64, device=self.device)
-                    for k in metric_sums(torch.zeros(0, k_max, dtype=torch.bool), torch.ones(0), self.ks)}
+                    for k in metric_sums(torch.zeros(0, max(self.ks), dtype=torch.bool), torch.ones(0), self.ks)}
         return sums, self.users.numel()
+
+    @torch.no_grad()
+    def per_user(self, score_fn, names=("recall@20", "ndcg@20")):
+        """{"users": evaluated user ids, name: that metric of each user} as numpy arrays, for paired
+        tests between models (this process's users only under ``shard``)."""
+        out = {name: [] for name in names}
+        for start, end, hits in self._hit_blocks(score_fn):
+            for name in names:
+                metric, k = name.split("@")
+                out[name].append(METRIC_FUNCTIONS[metric](hits, self.n_pos[start:end], int(k)).cpu())
+        result = {name: torch.cat(v).numpy() if v else np.zeros(0) for name, v in out.items()}
+        result["users"] = self.users.cpu().numpy()
+        return result
 
     def __call__(self, score_fn):
         """Mean of every metric over the evaluated users: {"recall@20": float, ...}."""

@@ -60,17 +60,20 @@ def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=Non
     ``cfg``: the :class:`~utility.config.StudentConfig` (its reg); ``kd``: the
     :class:`~utility.config.KDConfig` (weights, temperature, SCE gamma, list-KD variant).
 
-    ``extra``: (batch, K) negatives; the list of each row is [pos, extra_1..K]. ``projector`` maps
-    student embeddings to the teacher's width for the embedding KD when the two differ.
+    ``extra``: (batch, K) negatives; the list of each row is [pos, extra_1..K] (None when no term
+    scores lists). ``projector`` maps student embeddings to the teacher's width for the embedding
+    KD when the two differ. Without any KD weight, ``t_out`` is not used (it may be None).
     """
     pairs = torch.stack([pos, neg], dim=1)                    # (B, 2)
-    lists = torch.cat([pos[:, None], extra], dim=1)           # (B, 1 + K)
+    lists = pos[:, None] if extra is None else torch.cat([pos[:, None], extra], dim=1)   # (B, 1 + K)
     s_user, s_items, (pair_index, list_index) = student.lookup(users, pairs, lists)
     s_pair = gather_rows(s_items, pair_index)
     s_scores = _scores(s_user, s_pair)
     terms = {"bpr": bpr_loss(s_scores[:, 0], s_scores[:, 1])}
     ego_user, ego_pair = student.ego_embeddings(users, pairs)
     terms["reg"] = cfg.reg * l2_penalty([ego_user, ego_pair], users.numel())
+    if not kd.active:
+        return terms
     tau = kd.temperature
     modalities = list(t_out.mm_user)
     mm_user, mm_pair = _modality_rows(t_out, users, pairs)

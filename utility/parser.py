@@ -125,6 +125,8 @@ def build_parser():
     g.add_argument("--kd_list_weight", type=float, default=1.0)
     g.add_argument("--kd_emb_weight", type=float, default=0.1)
     g.add_argument("--sce_gamma", type=float, default=2.0, help="exponent of the SCE embedding KD")
+    g.add_argument("--no_kd", action="store_true",
+                   help="switch every KD term off (the student learns from BPR alone): the one-factor control of KD")
     g.add_argument("--no_list_reweight", action="store_true",
                    help="weight the non-target list KD by 1 instead of the teacher's non-target mass")
     g.add_argument("--no_disentangle", action="store_true",

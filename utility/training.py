@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from utility.config import TrainConfig
 from utility.evaluate import dot_scores
-from utility.run_io import save_checkpoint
+from utility.run_io import atomic_write, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -364,7 +364,7 @@ def finish_stage(stage, run, state):
     for name, module in stage.modules.items():
         module.load_state_dict(stage.best_models[name])
     val = state.history[best_epoch - 1]["val"]
-    test = run.test_eval(dot_scores(*stage.embeddings()))
+    test = test_once(stage.name, run, dot_scores(*stage.embeddings()))
     run.results[stage.name] = stage_summary(stage.kind, state, best_epoch, stage.params, val, test)
     run.results[f"{stage.name}_history"] = state.history
     if run.check_replicas and run.dist is not None:
@@ -372,6 +372,16 @@ def finish_stage(stage, run, state):
         run.replica_checks = 0
     run.log(f"{stage.name} best epoch {best_epoch}: val {format_metrics(val)} | test {format_metrics(test)}")
     return run.results[stage.name]
+
+
+def test_once(name, run, score_fn):
+    """The test metrics of a stage's selected model; each test user's Recall@20 and NDCG@20 go to
+    ``<name>_test_per_user.npz`` for paired tests between runs (single-process runs)."""
+    test = run.test_eval(score_fn)
+    if run.dist is None:
+        per_user = run.test_eval.per_user(score_fn)
+        atomic_write(os.path.join(run.run_dir, f"{name}_test_per_user.npz"), lambda f: np.savez(f, **per_user))
+    return test
 
 
 def stage_summary(kind, state, best_epoch, params, val, test):
