@@ -26,7 +26,7 @@ from Models import Teacher, TeacherOutput, build_student, count_parameters
 from utility.config import KDConfig, StudentConfig, TeacherConfig, TrainConfig, from_dict
 from utility.distributed import Distributed, exit_without_finalizing, launched_by_torchrun
 from utility.errors import UserError
-from utility.evaluate import RankingEvaluator, dot_scores
+from utility.evaluate import RankingEvaluator, dot_scores, top_unseen_items
 from utility.features import default_cache_dir, item_hard_tokens
 from utility.graph import build_graphs
 from utility.load_data import JSON_FILES, PICKLE_FILES, load_dataset
@@ -114,7 +114,9 @@ def fit_teacher(setup, ctx):
     args = setup.args
     teacher = new_teacher(setup, ctx)
     if ctx.resume is not None and ctx.resume["stage"] == "student":
-        teacher.load_state_dict(ctx.resume["models"]["teacher"])
+        # the teacher as stage 2 began (stage 2 restores its own, prompt-tuned copy)
+        best = torch.load(os.path.join(ctx.run_dir, "teacher.pt"), map_location=ctx.device, weights_only=False)
+        teacher.load_state_dict(best["models"]["teacher"])
         return teacher
     optimizer = torch.optim.AdamW(teacher.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     stage = Stage("teacher", "teacher", {"teacher": teacher}, [teacher], optimizer,
@@ -187,15 +189,19 @@ def teacher_loss(teacher, cfg, users, pos, neg, extra):
     return teacher_terms(teacher, teacher(), users, pos, neg, cfg)
 
 
-def student_loss(student, teacher, fixed_teacher, cfg, kd, projector, users, pos, neg, extra):
+def student_loss(student, teacher, fixed_teacher, cfg, kd, projector, teacher_top, users, pos, neg, extra):
     t_out = None if not kd.active else teacher() if fixed_teacher is None else fixed_teacher
-    return student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector)
+    top = None if teacher_top is None else teacher_top[users]
+    return student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector, top)
 
 
 def student_stage(setup, ctx, teacher):
     """The student, its optimiser (with the teacher's prompts) and its objective."""
     args, cfg, kd = setup.args, StudentConfig.from_args(setup.args), KDConfig.from_args(setup.args)
     teacher_user, teacher_item = eval_embeddings(teacher)
+    teacher_top = None   # the teacher's top unseen items of every user, ranked once, before stage 2
+    if kd.rank_weight:
+        teacher_top = top_unseen_items(teacher_user, teacher_item, setup.ds.train, kd.rank_k)
     teacher.freeze_for_distillation()
     prompt_params = [p for p in teacher.parameters() if p.requires_grad]
     seed_everything(args.seed + 1)   # the same student initialisation on every rank
@@ -218,7 +224,7 @@ def student_stage(setup, ctx, teacher):
         with torch.no_grad():
             fixed_teacher = teacher()
     return Stage("student", cfg.model_type, modules, [student] + ([projector] if projector else []), optimizer,
-                 loss=partial(student_loss, student, teacher, fixed_teacher, cfg, kd, projector),
+                 loss=partial(student_loss, student, teacher, fixed_teacher, cfg, kd, projector, teacher_top),
                  embeddings=partial(eval_embeddings, student), cfg=TrainConfig.from_args(args, "student"),
                  extra_negatives=kd.neg_sample_num if kd.needs_lists else 0, params=count_parameters(student))
 

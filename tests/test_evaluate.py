@@ -153,3 +153,15 @@ def test_per_user_metrics_average_to_the_reported_means():
     top = set(np.argsort(-scores, kind="stable")[:20])
     truth = set(test[u].indices)
     assert per_user["recall@20"][3] == pytest.approx(len(top & truth) / len(truth))
+
+
+def test_top_unseen_items_ranks_by_score_and_skips_seen_items():
+    from utility.evaluate import top_unseen_items
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    item = torch.tensor([[3.0, 0.0], [2.0, 1.0], [1.0, 2.0], [0.0, 3.0]])
+    seen = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype=np.float32))
+    top = top_unseen_items(user, item, seen, 2, batch_size=2)
+    # user 0 scores 3, 2, 1, 0 but has seen item 0; user 1 scores 0, 1, 2, 3 but has seen item 3;
+    # user 2 scores 3, 3, 3, 3: any two (ties), none seen
+    assert top[0].tolist() == [1, 2] and top[1].tolist() == [2, 1]
+    assert top.shape == (3, 2) and len(set(top[2].tolist())) == 2

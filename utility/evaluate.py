@@ -116,3 +116,25 @@ class RankingEvaluator:
 def dot_scores(user_emb, item_emb):
     """score_fn for models that score by the inner product of user and item embeddings."""
     return lambda users: user_emb[users] @ item_emb.T
+
+
+@torch.no_grad()
+def top_unseen_items(user_emb, item_emb, seen, k, batch_size=4096):
+    """(n_users, k) int64: each user's k highest-scored items (inner product) among the items the
+    user has no entry for in ``seen`` (a users x items sparse matrix), best first.
+
+    Scored in blocks of users, like the evaluation, so memory stays at one score block.
+    """
+    n_users, n_items = user_emb.shape[0], item_emb.shape[0]
+    k = min(k, n_items)
+    seen = sp.csr_matrix(seen)
+    ptr, idx = _csr_to_device(seen, user_emb.device)
+    out = torch.empty(n_users, k, dtype=torch.int64, device=user_emb.device)
+    block = max(1, min(batch_size, SCORE_BUDGET // max(1, n_items)))
+    for start in range(0, n_users, block):
+        end = min(start + block, n_users)
+        scores = user_emb[start:end] @ item_emb.T
+        rows, span = RankingEvaluator._block_rows(ptr, start, end)
+        scores[rows, idx[span]] = -torch.inf
+        out[start:end] = torch.topk(scores, k, dim=1).indices
+    return out

@@ -11,7 +11,7 @@ import torch
 
 from utility.sparse_ops import gather_dot, gather_rows
 from utility.losses import (bpr_loss, disentangled_list_kd_loss, l2_penalty, listwise_kl_loss,
-                            pair_kd_loss, sce_loss)
+                            pair_kd_loss, relaxed_ranking_loss, sce_loss)
 
 
 def _scores(user_rows, item_rows):
@@ -54,8 +54,9 @@ def teacher_terms(teacher, out, users, pos, neg, cfg):
     return terms
 
 
-def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=None):
-    """BPR + reg + pair-wise ranking KD + disentangled list-wise KD + SCE embedding KD.
+def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=None, teacher_top=None):
+    """BPR + reg + pair-wise ranking KD + disentangled list-wise KD + SCE embedding KD
+    (+ ranking KD over ``teacher_top``, the (B, m) teacher's top unseen items of each row's user).
 
     ``cfg``: the :class:`~utility.config.StudentConfig` (its reg); ``kd``: the
     :class:`~utility.config.KDConfig` (weights, temperature, SCE gamma, list-KD variant).
@@ -66,7 +67,8 @@ def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=Non
     """
     pairs = torch.stack([pos, neg], dim=1)                    # (B, 2)
     lists = pos[:, None] if extra is None else torch.cat([pos[:, None], extra], dim=1)   # (B, 1 + K)
-    s_user, s_items, (pair_index, list_index) = student.lookup(users, pairs, lists)
+    top = lists[:, :0] if teacher_top is None else teacher_top
+    s_user, s_items, (pair_index, list_index, top_index) = student.lookup(users, pairs, lists, top)
     s_pair = gather_rows(s_items, pair_index)
     s_scores = _scores(s_user, s_pair)
     terms = {"bpr": bpr_loss(s_scores[:, 0], s_scores[:, 1])}
@@ -74,6 +76,9 @@ def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=Non
     terms["reg"] = cfg.reg * l2_penalty([ego_user, ego_pair], users.numel())
     if not kd.active:
         return terms
+    if kd.rank_weight and teacher_top is not None:
+        terms["rank_kd"] = kd.rank_weight * relaxed_ranking_loss(gather_dot(s_user, s_items, top_index),
+                                                                 gather_dot(s_user, s_items, list_index[:, 1:]))
     tau = kd.temperature
     modalities = list(t_out.mm_user)
     mm_user, mm_pair = _modality_rows(t_out, users, pairs)

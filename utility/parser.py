@@ -125,6 +125,12 @@ def build_parser():
     g.add_argument("--kd_list_weight", type=float, default=1.0)
     g.add_argument("--kd_emb_weight", type=float, default=0.1)
     g.add_argument("--sce_gamma", type=float, default=2.0, help="exponent of the SCE embedding KD")
+    g.add_argument("--kd_rank_weight", type=float, default=0.0,
+                   help="ranking KD: the student ranks the teacher's top --kd_rank_k unseen items of each user, "
+                        "in the teacher's order, above the list negatives")
+    g.add_argument("--kd_rank_k", type=int, default=10, help="m: the teacher's top unseen items per user")
+    g.add_argument("--paper_kd", action="store_true",
+                   help="the paper's three KD terms only (pair-wise, list-wise, embedding): no ranking KD")
     g.add_argument("--no_kd", action="store_true",
                    help="switch every KD term off (the student learns from BPR alone): the one-factor control of KD")
     g.add_argument("--no_list_reweight", action="store_true",
@@ -158,12 +164,12 @@ def validate_args(args):
     from utility.metrics import METRIC_FUNCTIONS
 
     positive = ("epoch", "batch_size", "embed_size", "mm_layers", "student_epoch", "eval_batch_size",
-                "eval_every", "early_stopping_patience", "student_embed_size", "student_hidden")
+                "eval_every", "early_stopping_patience", "student_embed_size", "student_hidden", "kd_rank_k")
     for name in positive:
         if getattr(args, name) < 1:
             raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
     non_negative = ("cf_layers", "student_layers", "neg_sample_num", "threads", "reg", "student_reg",
-                    "weight_decay", "kd_pair_weight", "kd_list_weight", "kd_emb_weight",
+                    "weight_decay", "kd_pair_weight", "kd_list_weight", "kd_emb_weight", "kd_rank_weight",
                     "feat_prompt_weight", "emb_prompt_weight", "mm_fusion_weight", "mm_loss_weight",
                     "prompt_loss_weight")
     for name in non_negative:
@@ -184,6 +190,6 @@ def validate_args(args):
         raise UserError(f"--valid_metric {args.valid_metric}: expected NAME@K, NAME one of {', '.join(METRIC_FUNCTIONS)}")
     if int(k) not in args.topk:
         raise UserError(f"--valid_metric {args.valid_metric}: K={k} is not one of --topk {args.topk}")
-    if args.kd_list_weight and args.neg_sample_num < 1:
-        raise UserError("--neg_sample_num 0: the list-wise KD needs at least one extra negative "
-                        "(or set --kd_list_weight 0)")
+    if (args.kd_list_weight or args.kd_rank_weight) and args.neg_sample_num < 1:
+        raise UserError("--neg_sample_num 0: the list-wise and ranking KD need at least one extra negative "
+                        "(or set --kd_list_weight 0 --kd_rank_weight 0)")
