@@ -435,7 +435,11 @@ def summary_table(results, ks):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     dist = None
     if launched_by_torchrun():
         try:

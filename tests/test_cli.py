@@ -30,3 +30,45 @@ def test_deprecated_verbose_still_sets_eval_every():
         args = parse_args(["--verbose", "3"])
     assert args.eval_every == 3
     assert parse_args(["--eval_every", "4"]).eval_every == 4
+
+
+def _config(tmp_path, data):
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_config_file_overrides_the_preset_and_the_command_line_overrides_it(tmp_path):
+    from utility.parser import parse_args
+    path = _config(tmp_path, {"lr": 0.02, "kd_list_weight": 0.3, "no_prompt": True, "topk": [10, 20], "dataset": "x"})
+    args = parse_args(["--dataset", "movielens", "--config", path])   # movielens preset: lr 5e-3, kd_list 0.1
+    assert (args.lr, args.kd_list_weight, args.no_prompt, args.topk) == (0.02, 0.3, True, [10, 20])
+    assert args.dataset == "movielens"   # given on the command line
+    args = parse_args(["--dataset", "movielens", "--config", path, "--lr", "0.1"])
+    assert args.lr == 0.1 and args.kd_list_weight == 0.3
+
+
+@pytest.mark.parametrize("data, problem", [
+    ({"learning_rate": 0.1}, "unknown key 'learning_rate'"),
+    ({"lr": "fast"}, "lr = \"fast\": expected a number"),
+    ({"epoch": 2.5}, "epoch = 2.5: expected an integer"),
+    ({"no_prompt": 1}, "no_prompt = 1: expected true or false"),
+    ({"student_model_type": "gnn"}, "expected one of mlp, lightgcn"),
+    ({"topk": 20}, "topk = 20: expected a non-empty list"),
+    ([1, 2], "expected a JSON object"),
+])
+def test_bad_config_file_is_a_one_line_error(tmp_path, capsys, data, problem):
+    import main
+    code = main.main(["--config", _config(tmp_path, data), "--runs_dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --config ") and problem in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreadable_config_file(tmp_path, capsys):
+    import main
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main.main(["--config", str(tmp_path / "bad.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main.main(["--config", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err

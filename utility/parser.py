@@ -5,7 +5,10 @@ flags given on the command line override the preset. Only ``main.py`` calls
 :func:`parse_args`; every other module receives plain values.
 """
 import argparse
+import json
 import warnings
+
+from utility.errors import UserError
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -52,6 +55,9 @@ def build_parser():
     g.add_argument("--dataset", default="movielens",
                    help="folder under --data_path; tiktok, netflix, amazon (electronics) and movielens also select a preset")
     g.add_argument("--data_path", default="data", help="folder that holds the dataset folders")
+    g.add_argument("--config", default=None, metavar="JSON",
+                   help="flag values from a JSON object {flag: value} (e.g. a tuned best.json); "
+                        "they override the preset, and flags on the command line override them")
     g.add_argument("--preset", default=None,
                    help="use this dataset's preset for a folder of another name (default: from --dataset)")
     g.add_argument("--runs_dir", default="runs", help="each run writes runs_dir/<dataset>/<timestamp>/")
@@ -146,9 +152,11 @@ def parse_args(argv=None):
     known, _ = parser.parse_known_args(argv)
     name = preset_name(known.preset or known.dataset)
     if known.preset is not None and name is None:
-        parser.error(f"--preset {known.preset!r}: unknown preset (choose from {', '.join(sorted(PRESETS))})")
+        raise UserError(f"--preset {known.preset}: unknown preset (choose from {', '.join(sorted(PRESETS))})")
     if name is not None:
         parser.set_defaults(**PRESETS[name])
+    if known.config is not None:
+        parser.set_defaults(**config_defaults(parser, known.config))
     args = parser.parse_args(argv)
     args.preset = name
     if args.student_embed_size is None:
@@ -158,9 +166,53 @@ def parse_args(argv=None):
     return args
 
 
+def config_defaults(parser, path):
+    """{flag destination: value} from a JSON config file, each value checked as its flag parses."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise UserError(f"--config {path}: cannot read the file ({e.strerror})") from None
+    except ValueError as e:
+        raise UserError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a JSON object of flag: value")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "resume")}
+    values = {}
+    for key, value in data.items():
+        action = actions.get(str(key).lstrip("-"))
+        if action is None:
+            raise UserError(f"--config {path}: unknown key {key!r} (not a flag of main.py)")
+        problem = _bad_value(action, value)
+        if problem:
+            raise UserError(f"--config {path}: {key} = {json.dumps(value)}: {problem}")
+        values[action.dest] = value
+    return values
+
+
+def _bad_value(action, value):
+    """Why ``value`` cannot be this flag's value, or None."""
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+        return None if isinstance(value, bool) else "expected true or false"
+    if value is None:
+        return None if action.default is None else "expected a value"
+    items = value if action.nargs in ("+", "*") else [value]
+    if action.nargs in ("+", "*") and (not isinstance(value, list) or not value):
+        return "expected a non-empty list"
+    for item in items:
+        kind = action.type or str
+        ok = {int: isinstance(item, int) and not isinstance(item, bool),
+              float: isinstance(item, (int, float)) and not isinstance(item, bool),
+              str: isinstance(item, str)}.get(kind, True)
+        if not ok:
+            return f"expected {'a number' if kind is float else 'an integer' if kind is int else 'a string'}"
+        if action.choices is not None and item not in action.choices:
+            return f"expected one of {', '.join(map(str, action.choices))}"
+    return None
+
+
 def validate_args(args):
     """Flag values that parse but make no sense: a one-line UserError naming the flag."""
-    from utility.errors import UserError
     from utility.metrics import METRIC_FUNCTIONS
 
     positive = ("epoch", "batch_size", "embed_size", "mm_layers", "student_epoch", "eval_batch_size",
