@@ -1,0 +1,37 @@
+"""The stage loop's selection and stopping rules."""
+import json
+import os
+
+import pytest
+
+import main
+from utility.training import EarlyStopping
+
+
+def test_early_stopping_keeps_the_first_best_and_counts_evaluations_without_improvement():
+    stopper = EarlyStopping(patience=2)
+    assert stopper.update(0.1, 1) and stopper.update(0.2, 2)
+    assert not stopper.update(0.2, 3)            # a tie is no improvement: the earlier epoch stays
+    assert not stopper.should_stop
+    assert not stopper.update(0.15, 4)
+    assert stopper.should_stop and (stopper.best_epoch, stopper.best_score) == (2, 0.2)
+    again = EarlyStopping(patience=2)
+    again.load_state_dict(stopper.state_dict())
+    assert again.should_stop and again.best_epoch == 2
+
+
+@pytest.mark.parametrize("eval_every", [1, 2])
+def test_a_stage_stops_patience_evaluations_after_its_best(tmp_path, tiny_json, eval_every):
+    runs = tmp_path / "runs"
+    code = main.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+                      "--runs_dir", str(runs), "--stage", "teacher", "--epoch", "60", "--batch_size", "64",
+                      "--embed_size", "8", "--lr", "0.05", "--early_stopping_patience", "3",
+                      "--eval_every", str(eval_every), "--no_plot"])
+    assert code == 0
+    (folder,) = (runs / os.path.basename(tiny_json)).iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    teacher = results["teacher"]
+    assert teacher["epochs_run"] < 60, "the planted run should stop early"
+    assert teacher["epochs_run"] == teacher["best_epoch"] + 3 * eval_every
+    evaluated = [h["val"]["recall@20"] for h in results["teacher_history"] if "val" in h]
+    assert max(evaluated[-3:]) <= max(evaluated[:-3])
