@@ -1,105 +1,199 @@
 """The ablation study of docs/method.md on one dataset: every variant distils the same teacher.
 
-    python scripts/ablation.py --dataset tiktok [--out ablation.md] [main.py flags]
+    python scripts/ablation.py --dataset tiktok [--seeds 1 2 3] [--out ablation.md] [main.py flags]
 
 Variants: full PromptMM; w/o prompt (both stages without the prompt module, so it trains a teacher
 of its own); w/o pair-wise KD; w/o list-wise KD; w/o embedding KD; w/o re-weighting; w/o
-disentangling; and the same student with no KD at all (random initialisation, every KD weight 0).
+disentangling; and the two ways the student learns from the teacher, one factor at a time: "copy
+only" (initialised from the teacher, every KD term off), "KD only" (random initialisation, KD on)
+and "neither" (random initialisation, no KD).
+
+--seeds runs the whole study once per seed (default: once, with main.py's default seed): per seed
+the teacher is retrained (and the w/o-prompt variant's teacher too), and every cell becomes mean ±
+sd over seeds. Each variant's p is a two-sided Wilcoxon signed-rank test of its per-user test
+Recall@20 against the full model's, the (user, seed) pairs of every seed pooled into one paired
+sample. With --teacher_ckpt, every variant but w/o prompt distils that one teacher, for every seed.
+
 Writes a markdown table of test (and validation) Recall@20 / NDCG@20, and the same as JSON.
-Flags after the script's own are passed to every main.py run (e.g. --seed, --student_epoch).
+Flags after the script's own are passed to every main.py run (e.g. --student_epoch).
 """
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import main as promptmm  # noqa: E402
+from scripts.seeds import (DASH, RunFailed, flag_given, fmt_mean_sd, fmt_p, json_safe, load_per_user,  # noqa: E402
+                           paired_test, run_main, summarise)
 
-NO_KD = ["--student_init", "random", "--kd_pair_weight", "0", "--kd_list_weight", "0", "--kd_emb_weight", "0"]
+FULL = "PromptMM (full)"
 VARIANTS = [
-    ("PromptMM (full)", []),
+    (FULL, []),
     ("w/o prompt", ["--no_prompt"]),
     ("w/o pair-wise KD", ["--kd_pair_weight", "0"]),
     ("w/o list-wise KD", ["--kd_list_weight", "0"]),
     ("w/o embedding KD", ["--kd_emb_weight", "0"]),
     ("w/o re-weighting", ["--no_list_reweight"]),
     ("w/o disentangling", ["--no_disentangle"]),
-    ("student without KD", NO_KD),
+    ("copy only", ["--no_kd"]),
+    ("KD only", ["--student_init", "random"]),
+    ("neither", ["--student_init", "random", "--no_kd"]),
 ]
-
-
-def run(flags, results_file):
-    code = promptmm.main(flags + ["--results_json", results_file, "--no_plot"])
-    if code != 0:
-        sys.exit(f"ablation: main.py {' '.join(flags)} failed with exit code {code}")
-    with open(results_file) as f:
-        return json.load(f)
+METRICS = ("recall@20", "ndcg@20")
 
 
 def teacher_checkpoint(base, workdir, extra, label):
-    """Train a teacher (stage 1 only) and return the path of its teacher.pt."""
+    """Train a teacher (stage 1 only) and return the path of its teacher.pt and its results."""
     print(f"== training the teacher for: {label}", flush=True)
-    results = run(base + ["--stage", "teacher"] + extra, os.path.join(workdir, f"teacher{len(os.listdir(workdir))}.json"))
+    results = run_main(base + ["--stage", "teacher"] + extra,
+                       os.path.join(workdir, f"teacher{len(os.listdir(workdir))}.json"))
     return os.path.join(results["run_dir"], "teacher.pt"), results["teacher"]
 
 
+def run_variants(base, seeds, teacher_ckpt, workdir):
+    """Every variant once per seed (None: main.py's default seed). Returns {variant: [run, ...]} in
+    seed order, each run dict(seed, run_dir, teacher_ckpt, teacher_trained, best_epoch, val, test,
+    teacher_val, teacher_test)."""
+    runs = {label: [] for label, _ in VARIANTS}
+    for seed in seeds:
+        seed_flags = [] if seed is None else ["--seed", str(seed)]
+        teachers = {"prompt": teacher_ckpt} if teacher_ckpt else {}
+        for label, extra in VARIANTS:
+            key = "no_prompt" if "--no_prompt" in extra else "prompt"
+            if key not in teachers:
+                teachers[key] = teacher_checkpoint(
+                    base + seed_flags, workdir, ["--no_prompt"] if key == "no_prompt" else [],
+                    label + ("" if seed is None else f" (seed {seed})"))[0]
+            ckpt = teachers[key]
+            print(f"== {label}{'' if seed is None else f' (seed {seed})'}: {' '.join(extra) or '(defaults)'}",
+                  flush=True)
+            n = sum(len(v) for v in runs.values())
+            r = run_main(base + seed_flags + ["--stage", "student", "--teacher_ckpt", ckpt] + extra,
+                         os.path.join(workdir, f"variant{n}.json"))
+            runs[label].append(dict(seed=r.get("seed", seed), run_dir=r["run_dir"], teacher_ckpt=ckpt,
+                                    teacher_trained="teacher_history" in r, best_epoch=r["student"]["best_epoch"],
+                                    val=r["student"]["val"], test=r["student"]["test"],
+                                    teacher_test=r["teacher"]["test"], teacher_val=r["teacher"]["val"]))
+    return runs
+
+
+def summary(runs, part):
+    """{metric: dict(mean, sd, values)} of runs' ``part`` ("test", "val", "teacher_test", ...)."""
+    out = {}
+    for metric in METRICS:
+        values = [float(r[part][metric]) for r in runs]
+        mean, sd = summarise(values)
+        out[metric] = dict(mean=mean, sd=sd, values=values)
+    return out
+
+
+def against_full(runs, full_runs, metric="recall@20"):
+    """Pooled paired test of a variant's per-user test metric against the full model's (None when a
+    run left no per-user file)."""
+    xs, ys = [], []
+    for full, run in zip(full_runs, runs):
+        try:
+            a, b = load_per_user(full["run_dir"], "student"), load_per_user(run["run_dir"], "student")
+        except RunFailed:
+            return None
+        if not np.array_equal(a["users"], b["users"]):
+            return None
+        xs.append(a[metric])
+        ys.append(b[metric])
+    return paired_test(np.concatenate(xs), np.concatenate(ys))
+
+
+def cell(s, metric):
+    return fmt_mean_sd(s[metric]["mean"], s[metric]["sd"], 4) if len(s[metric]["values"]) > 1 \
+        else f"{s[metric]['mean']:.4f}"
+
+
+def format_table(report):
+    seeds = report["seeds"]
+    several = len(seeds) > 1
+    teacher = ("one shared teacher (`--teacher_ckpt`) for every seed, the w/o-prompt variant's retrained per seed"
+               if report["teacher"]["shared"] else "teacher retrained per seed")
+    lines = [f"Ablation on `{report['dataset']}` (student: test split at the best validation epoch; "
+             f"seed{'s' if several else ''} {', '.join(map(str, seeds))}"
+             f"{': mean ± sd over seeds' if several else ''}; {teacher}; p: two-sided Wilcoxon signed-rank test "
+             "of per-user test Recall@20 against the full model, the (user, seed) pairs of every seed pooled; "
+             f"command: `{report['command']}`)", "",
+             "| variant | flags | test Recall@20 | test NDCG@20 | val Recall@20 | p (Recall@20 vs full) | best epoch |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, variant in (("teacher", FULL), ("teacher (no prompt)", "w/o prompt")):
+        row = next(r for r in report["rows"] if r["variant"] == variant)
+        lines.append(f"| {name} | | {cell(row['teacher_test'], 'recall@20')} | "
+                     f"{cell(row['teacher_test'], 'ndcg@20')} | {cell(row['teacher_val'], 'recall@20')} | | |")
+    for r in report["rows"]:
+        p = DASH if r["variant"] == FULL or r["p_vs_full"] is None else fmt_p(r["p_vs_full"]["p"])
+        epochs = ", ".join(str(run["best_epoch"]) for run in r["runs"])
+        lines.append(f"| {r['variant']} | `{r['flags']}` | {cell(r['test'], 'recall@20')} | "
+                     f"{cell(r['test'], 'ndcg@20')} | {cell(r['val'], 'recall@20')} | {p} | {epochs} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)   # so that main.py's --seed is not taken for --seeds
     p.add_argument("--data_path", default="data")
     p.add_argument("--dataset", default="movielens")
     p.add_argument("--runs_dir", default="runs")
     p.add_argument("--teacher_ckpt", default=None, help="reuse this teacher for every variant but w/o prompt")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="run the study once per seed (default: once, main.py's default seed)")
     p.add_argument("--out", default=None, help="markdown table (default: runs_dir/<dataset>/ablation-<time>.md)")
     args, passthrough = p.parse_known_args(argv)
+    if args.seeds is not None and flag_given(passthrough, "--seed"):
+        print("ablation: give either --seeds or --seed, not both", file=sys.stderr)
+        return 2
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        print(f"ablation: --seeds {' '.join(map(str, args.seeds))}: a seed is repeated", file=sys.stderr)
+        return 2
+    seeds = args.seeds or [None]
     base = ["--data_path", args.data_path, "--dataset", args.dataset, "--runs_dir", args.runs_dir] + passthrough
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or os.path.join(args.runs_dir, args.dataset, f"ablation-{stamp}.md")
     workdir = os.path.join(args.runs_dir, args.dataset, f"ablation-{stamp}")
     os.makedirs(workdir, exist_ok=True)
 
-    teachers = {}
-    if args.teacher_ckpt:
-        teachers["prompt"] = (args.teacher_ckpt, None)
+    try:
+        runs = run_variants(base, seeds, args.teacher_ckpt, workdir)
+    except RunFailed as e:
+        print(f"ablation: {e}", file=sys.stderr)
+        return 1
     rows = []
     for label, extra in VARIANTS:
-        key = "no_prompt" if "--no_prompt" in extra else "prompt"
-        if key not in teachers:
-            teachers[key] = teacher_checkpoint(base, workdir, ["--no_prompt"] if key == "no_prompt" else [], label)
-        ckpt = teachers[key][0]
-        print(f"== {label}: {' '.join(extra) or '(defaults)'}", flush=True)
-        r = run(base + ["--stage", "student", "--teacher_ckpt", ckpt] + extra,
-                os.path.join(workdir, f"variant{len(rows)}.json"))
-        rows.append(dict(variant=label, flags=" ".join(extra), run_dir=r["run_dir"], teacher_ckpt=ckpt,
-                         teacher_trained="teacher_history" in r, best_epoch=r["student"]["best_epoch"],
-                         val=r["student"]["val"], test=r["student"]["test"], teacher_test=r["teacher"]["test"],
-                         teacher_val=r["teacher"]["val"]))
-
-    teacher_rows = [(f"teacher{' (no prompt)' if '--no_prompt' in r['flags'] else ''}", r) for r in rows
-                    if r["variant"] in ("PromptMM (full)", "w/o prompt")]
-    lines = [f"Ablation on `{args.dataset}` (student: test split at the best validation epoch; "
-             f"command: `python scripts/ablation.py --dataset {args.dataset}"
-             f"{' ' + ' '.join(passthrough) if passthrough else ''}`)", "",
-             "| variant | flags | test Recall@20 | test NDCG@20 | val Recall@20 | best epoch |",
-             "|---|---|---:|---:|---:|---:|"]
-    for name, r in teacher_rows:
-        lines.append(f"| {name} | | {r['teacher_test']['recall@20']:.4f} | {r['teacher_test']['ndcg@20']:.4f} | "
-                     f"{r['teacher_val']['recall@20']:.4f} | |")
-    for r in rows:
-        lines.append(f"| {r['variant']} | `{r['flags']}` | {r['test']['recall@20']:.4f} | {r['test']['ndcg@20']:.4f} | "
-                     f"{r['val']['recall@20']:.4f} | {r['best_epoch']} |")
-    text = "\n".join(lines) + "\n"
+        rs = runs[label]
+        rows.append(dict(variant=label, flags=" ".join(extra), runs=rs,
+                         test=summary(rs, "test"), val=summary(rs, "val"),
+                         teacher_test=summary(rs, "teacher_test"), teacher_val=summary(rs, "teacher_val"),
+                         p_vs_full=against_full(rs, runs[FULL])))
+    report = json_safe(dict(
+        dataset=args.dataset, command="python scripts/ablation.py " + shlex.join(argv),
+        seeds=[r["seed"] for r in runs[FULL]],
+        teacher=dict(shared=bool(args.teacher_ckpt), teacher_ckpt=args.teacher_ckpt,
+                     description=("one shared teacher for every seed (w/o prompt: retrained per seed)"
+                                  if args.teacher_ckpt else "teacher retrained per seed")),
+        p_test="two-sided Wilcoxon signed-rank test of per-user test Recall@20 against the full model; "
+               "the (user, seed) pairs of every seed pooled into one paired sample",
+        rows=rows))
+    text = format_table(report)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
-        json.dump(rows, f, indent=2)
+        json.dump(report, f, indent=2)
     print(text)
     print(f"written {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
