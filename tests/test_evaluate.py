@@ -165,3 +165,27 @@ def test_top_unseen_items_ranks_by_score_and_skips_seen_items():
     # user 2 scores 3, 3, 3, 3: any two (ties), none seen
     assert top[0].tolist() == [1, 2] and top[1].tolist() == [2, 1]
     assert top.shape == (3, 2) and len(set(top[2].tolist())) == 2
+
+
+def test_reduce_sums_the_totals_of_every_process():
+    """The distributed path: ``reduce`` gets the stacked metric sums and the user count, and the
+    means are taken from what it returns (here two identical processes, and a second process that
+    adds one user with no hit)."""
+    train = csr({0: [5], 1: [], 2: []})
+    truth = csr({0: [4], 1: [0], 2: [4]})
+    score = dot_scores(USER_EMB, ITEM_EMB)
+    plain = RankingEvaluator(truth, [train], [1, 2], torch.device("cpu"))(score)
+    seen = []
+
+    def twice(totals):
+        seen.append(totals.clone())
+        return totals * 2
+
+    doubled = RankingEvaluator(truth, [train], [1, 2], torch.device("cpu"), reduce=twice)(score)
+    assert doubled == pytest.approx(plain) and set(doubled) == set(plain)
+    assert seen[0].dtype == torch.float64 and seen[0][-1].item() == 3.0
+    # user 0: hit@1 (4 is first once 5 is excluded); user 1: item 0 last; user 2: item 4 second
+    assert plain["recall@1"] == pytest.approx(1 / 3) and plain["recall@2"] == pytest.approx(2 / 3)
+    one_more_user = lambda totals: totals + torch.eye(len(totals), dtype=totals.dtype)[-1]  # noqa: E731
+    padded = RankingEvaluator(truth, [train], [1, 2], torch.device("cpu"), reduce=one_more_user)(score)
+    assert padded["recall@1"] == pytest.approx(1 / 4) and padded["recall@2"] == pytest.approx(2 / 4)

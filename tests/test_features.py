@@ -169,3 +169,39 @@ def test_unwritable_cache_dir_warns_and_continues(tmp_path):
     with pytest.warns(UserWarning, match="cannot write the PCA cache"):
         got = item_hard_tokens(feats, 4, cache_dir=str(blocker / "cache"))
     np.testing.assert_array_equal(got, item_hard_tokens(feats, 4))
+
+
+def test_noise_floor_uses_the_largest_column_rms_and_the_inputs_eps():
+    x = np.array([[3.0, 0.0], [4.0, 0.0]])
+    # column rms: sqrt((9 + 16) / 2) and 0 (not the rms of all entries, nor of a row)
+    expected = features.NOISE_EPS_FACTOR * np.finfo(np.float64).eps * np.sqrt(12.5)
+    assert features._noise_floor(x) == pytest.approx(expected, rel=1e-12)
+    expected32 = features.NOISE_EPS_FACTOR * np.finfo(np.float32).eps * np.sqrt(12.5)
+    assert features._noise_floor(x.astype(np.float32)) == pytest.approx(expected32, rel=1e-6)
+    assert features._noise_floor(x.astype(np.int64)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_components_below_the_relative_tolerance_are_zeroed():
+    """A direction 1e-8 as wide as the main one, far above the rounding noise: still zeroed."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 2)) * np.array([1.0, 1e-8])
+    assert features._noise_floor(x) < 1e-13
+    z = pca_reduce(x, 2)
+    assert z[:, 0].std() == pytest.approx(1.0, rel=1e-5)
+    assert (z[:, 1] == 0).all()
+
+
+def test_default_cache_dir(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    assert features.default_cache_dir(str(data), "fallback") == os.path.join(str(data), ".cache")
+    (data / ".cache").mkdir()
+    assert features.default_cache_dir(str(data), "fallback") == os.path.join(str(data), ".cache")
+    real = os.access
+    # the tests may run as root, for whom every folder is writable: fake the permission bits
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(data / ".cache") else real(p, mode))
+    assert features.default_cache_dir(str(data), "fallback") == "fallback"
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(data) else real(p, mode))
+    assert features.default_cache_dir(str(data), "fallback") == "fallback"
+    (data / ".cache").rmdir()
+    assert features.default_cache_dir(str(data), "fallback") == "fallback"

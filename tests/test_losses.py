@@ -200,3 +200,9 @@ def test_relaxed_ranking_loss_gradient_raises_the_top_item():
     assert interesting.grad[0, 1].item() == pytest.approx(-(0.5) * (-0.25 + 2 / 3))
     # each uninteresting item: (1/2)(1/4 + 1/3)
     assert uninteresting.grad[0, 0].item() == pytest.approx(0.5 * (0.25 + 1 / 3))
+
+
+def test_sce_loss_default_gamma_is_two():
+    a, b = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    # cosines 0 and 1/sqrt(2): mean of (1 - cos)^2
+    assert sce_loss(a, b).item() == pytest.approx((1.0 + (1 - 1 / math.sqrt(2)) ** 2) / 2, rel=1e-6)

@@ -1,10 +1,13 @@
 """Model shapes, stage-2 gradient flow, and the students."""
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from dataclasses import replace
 
-from Models import LightGCNStudent, MLPStudent, Teacher, compress_embeddings
+from Models import (LightGCNStudent, MLPStudent, PromptModule, Teacher, build_student, compress_embeddings,
+                    count_parameters)
 from tinydata import split_matrix, tiny_splits
 from utility.config import KDConfig, StudentConfig, TeacherConfig
 from utility.features import item_hard_tokens
@@ -242,3 +245,166 @@ def test_no_kd_leaves_bpr_and_reg_only_and_needs_no_teacher(setup):
     assert set(terms) == {"bpr", "reg"}
     assert terms["bpr"].item() == pytest.approx(full["bpr"].item(), rel=1e-6)
     assert KDConfig.from_args(SimpleNamespace(**{**vars(args), "no_kd": False})).active
+
+
+# --- gaps found by mutation testing (mutmut 3.8.1) ---------------------------------------------
+
+def _kl_rows(t_logits, s_logits, tau):
+    """Per-row KL(softmax(t / tau) || softmax(s / tau)) in float64 numpy."""
+    t, s = np.asarray(t_logits, np.float64) / tau, np.asarray(s_logits, np.float64) / tau
+    pt = np.exp(t - t.max(1, keepdims=True))
+    pt /= pt.sum(1, keepdims=True)
+    log_pt = np.log(pt)
+    log_ps = s - s.max(1, keepdims=True) - np.log(np.exp(s - s.max(1, keepdims=True)).sum(1, keepdims=True))
+    return (pt * (log_pt - log_ps)).sum(1)
+
+
+def _sce(a, b, gamma):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return ((1 - cos) ** gamma).mean()
+
+
+@pytest.mark.parametrize("width", [8, 4])
+def test_student_terms_match_the_losses_written_out_with_numpy(setup, width):
+    """Every student term against full-table embeddings and float64 numpy: bpr on (pos, neg) in that
+    order, the pair KD on the teacher's and the student's (pos, neg) scores, the list KD and the SCE
+    term averaged (not summed) over the modalities, the projector applied to both user and item rows."""
+    teacher = make_teacher(setup)
+    teacher.eval()
+    torch.manual_seed(1)
+    student = LightGCNStudent(setup[0]["norm_ui"], setup[0]["norm_iu"], width, 2)
+    projector = torch.nn.Linear(width, 8) if width != 8 else None
+    users, pos, neg, extra = batch()
+    kd = KDConfig(pair_weight=0.7, list_weight=0.4, emb_weight=0.3, temperature=2.0, sce_gamma=3.0,
+                  disentangle=False, rank_weight=0.6)
+    top = torch.tensor([[21, 22], [23, 24], [25, 26], [27, 28]])
+    with torch.no_grad():
+        t_out = teacher()
+        terms = student_terms(student, t_out, users, pos, neg, extra, StudentConfig(embed_size=width, reg=0.0),
+                              kd, projector, teacher_top=top)
+        su, si = (x.double().numpy() for x in student())
+        tu, ti = t_out.user.double().numpy(), t_out.item.double().numpy()
+        mm = {m: (t_out.mm_user[m].double().numpy(), t_out.mm_item[m].double().numpy()) for m in t_out.mm_user}
+        pu, pi = su[users], si[torch.stack([pos, neg], 1)]
+        if projector is not None:
+            proj = lambda x: (torch.from_numpy(x).float() @ projector.weight.T + projector.bias).double().numpy()  # noqa: E731
+            pu, pi = proj(pu), proj(pi.reshape(-1, width)).reshape(4, 2, 8)
+    u, p, n = users.numpy(), pos.numpy(), neg.numpy()
+    lists = np.concatenate([p[:, None], extra.numpy()], 1)
+    s_pos, s_neg = (su[u] * si[p]).sum(1), (su[u] * si[n]).sum(1)
+    assert terms["bpr"].item() == pytest.approx(np.log1p(np.exp(s_neg - s_pos)).mean(), rel=1e-5)
+
+    tau = 2.0
+    dt, ds = ((tu[u] * ti[p]).sum(1) - (tu[u] * ti[n]).sum(1)) / tau, (s_pos - s_neg) / tau
+    pt, ps = 1 / (1 + np.exp(-dt)), 1 / (1 + np.exp(-ds))
+    bern = pt * np.log(pt / ps) + (1 - pt) * np.log((1 - pt) / (1 - ps))
+    assert terms["pair_kd"].item() == pytest.approx(0.7 * tau * tau * bern.mean(), rel=1e-4)
+
+    s_list = np.einsum("bd,bld->bl", su[u], si[lists])
+    list_kd = np.mean([_kl_rows(np.einsum("bd,bld->bl", fu[u], fi[lists]), s_list, tau).mean() * tau * tau
+                       for fu, fi in mm.values()])
+    assert len(mm) >= 2
+    assert terms["list_kd"].item() == pytest.approx(0.4 * list_kd, rel=1e-4)
+
+    emb = np.mean([_sce(fi[np.stack([p, n], 1)].reshape(-1, 8), pi.reshape(-1, 8), 3.0) + _sce(fu[u], pu, 3.0)
+                   for fu, fi in mm.values()])
+    assert terms["emb_kd"].item() == pytest.approx(0.3 * emb, rel=1e-4)
+
+    # ranking KD: the teacher's top items in order, against the list negatives (not the positive)
+    s_top, s_other = np.einsum("bd,bmd->bm", su[u], si[top.numpy()]), np.einsum("bd,bkd->bk", su[u], si[extra.numpy()])
+    other = np.exp(s_other).sum(1)
+    rank = -np.mean([s_top[:, k] - np.log(np.exp(s_top[:, k:]).sum(1) + other) for k in range(2)], axis=0).mean()
+    assert terms["rank_kd"].item() == pytest.approx(0.6 * rank, rel=1e-4)
+
+
+def test_mlp_student_adds_its_mlp_to_the_id_embedding():
+    torch.manual_seed(0)
+    student = MLPStudent(5, 6, embed_size=4, hidden=3)
+    torch.nn.init.normal_(student.mlp[2].weight)       # the output layer starts at zero: make it act
+    with torch.no_grad():
+        user, item = student()
+        mlp = lambda x: student.mlp[2](torch.nn.functional.gelu(student.mlp[0](x)))  # noqa: E731
+        torch.testing.assert_close(user, student.user_emb + mlp(student.user_emb))
+        torch.testing.assert_close(item, student.item_emb + mlp(student.item_emb))
+
+
+def test_mlp_student_lookup_cuts_three_index_tensors_back_apart():
+    torch.manual_seed(0)
+    student = MLPStudent(5, 9, embed_size=4, hidden=3)
+    torch.nn.init.normal_(student.mlp[2].weight)
+    users, a, b, c = torch.tensor([3, 1, 3]), torch.tensor([0, 8]), torch.tensor([[2, 2], [7, 0]]), torch.tensor([5, 4, 1])
+    with torch.no_grad():
+        user, item = student()
+        got_user, got_a, got_b, got_c = student.embed(users, a, b, c)
+    torch.testing.assert_close(got_user, user[users])
+    for got, index in ((got_a, a), (got_b, b), (got_c, c)):
+        torch.testing.assert_close(got, item[index])
+
+
+def test_student_constructor_defaults():
+    mlp = MLPStudent(3, 4)
+    assert mlp.user_emb.shape == (3, 64) and mlp.mlp[0].out_features == 128
+    graphs = build_graphs(sp_eye(3, 4), torch.device("cpu"))
+    gcn = LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"])
+    assert gcn.user_emb.shape == (3, 64) and gcn.n_layers == 2
+    prompt = PromptModule(5, 4).train()
+    assert prompt.dropout.p == 0.0 and prompt.is_linear
+
+
+def sp_eye(n_users, n_items):
+    return sp.eye(n_users, n_items, format="csr", dtype=np.float32)
+
+
+def test_build_student_and_count_parameters():
+    graphs = build_graphs(sp_eye(3, 4), torch.device("cpu"))
+    mlp = build_student(StudentConfig(model_type="mlp", embed_size=6, hidden=5), 3, 4)
+    assert isinstance(mlp, MLPStudent)
+    assert mlp.user_emb.shape == (3, 6) and mlp.item_emb.shape == (4, 6) and mlp.mlp[0].out_features == 5
+    gcn = build_student(StudentConfig(model_type="lightgcn", embed_size=6, n_layers=3), 3, 4, graphs)
+    assert isinstance(gcn, LightGCNStudent)
+    assert gcn.user_emb.shape == (3, 6) and gcn.item_emb.shape == (4, 6) and gcn.n_layers == 3
+    assert gcn.norm_ui.shape == (3, 4) and gcn.norm_iu.shape == (4, 3)
+    with pytest.raises(ValueError, match="'gnn'"):
+        build_student(StudentConfig(model_type="gnn"), 3, 4, graphs)
+    # MLP: 3*6 + 4*6 ID rows, Linear(6, 5) and Linear(5, 6)
+    assert count_parameters(mlp) == 18 + 24 + (30 + 5) + (30 + 6)
+    assert count_parameters(mlp, exclude_prefixes=("mlp.",)) == 18 + 24
+    assert count_parameters(mlp, exclude_prefixes=("user_emb", "mlp.")) == 24
+
+
+def test_state_dicts_hold_only_the_parameters(setup):
+    """Graphs, features, tokens and frozen reductions are rebuilt from the data, not checkpointed."""
+    teacher = make_teacher(setup)
+    teacher.freeze_for_distillation()
+    assert set(teacher.state_dict()) == {name for name, _ in teacher.named_parameters()}
+    student = LightGCNStudent(setup[0]["norm_ui"], setup[0]["norm_iu"], 8, 2)
+    assert set(student.state_dict()) == {"user_emb", "item_emb"}
+
+
+def test_teacher_load_state_dict_is_strict_copies_and_reports(setup):
+    teacher = make_teacher(setup)
+    state = {k: v.clone() + 1 for k, v in teacher.state_dict().items()}
+    result = teacher.load_state_dict(state)
+    assert list(result.missing_keys) == [] and list(result.unexpected_keys) == []
+    state["user_emb"].zero_()                 # copied in, not aliased
+    assert teacher.user_emb.abs().sum() > 0
+    del state["item_emb"]
+    with pytest.raises(RuntimeError, match="item_emb"):
+        teacher.load_state_dict(state)
+
+
+def test_feature_prompt_of_small_norm_is_normalised(setup):
+    """norm(P_I P_I^T X) with row norms well below 1: the fast path must not clamp them up to 1."""
+    teacher = make_teacher(setup, feat_prompt_weight=0.5)
+    teacher.eval()
+    with torch.no_grad():
+        for p in teacher.prompt_module.parameters():
+            p.mul_(0.05)
+        _, prompt_item = teacher.prompts()
+        for name, x in setup[1].items():
+            lifted = prompt_item @ (prompt_item.T @ x)
+            assert lifted.norm(dim=1).max() < 0.5
+            layer = teacher.reducers[name]
+            expected = (x + 0.5 * torch.nn.functional.normalize(lifted, dim=1)) @ layer.weight.T + layer.bias
+            torch.testing.assert_close(teacher.reduce_features(name, prompt_item), expected, rtol=1e-4, atol=1e-5)

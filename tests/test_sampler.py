@@ -128,3 +128,13 @@ def test_duplicate_entries_count_once_and_the_callers_matrix_is_left_alone():
     dup = sp.csr_matrix((np.ones(2, np.float32), [3, 3], [0, 2, 2]), shape=(2, 5))
     users, pos, _, _ = TripleSampler(dup, seed=0).epoch()
     assert users.tolist() == [0] and pos.tolist() == [3]
+
+
+def test_item_zero_can_be_a_negative_and_one_negative_by_default():
+    dense = np.zeros((1, 3), dtype=np.float32)
+    dense[0, 2] = 1
+    sampler = TripleSampler(sp.csr_matrix(dense), seed=0)
+    draws = sampler.negatives(np.zeros(2000, dtype=np.int32))
+    assert draws.shape == (2000, 1)
+    assert set(draws.ravel().tolist()) == {0, 1}
+    assert (draws == 0).mean() == pytest.approx(0.5, abs=0.05)     # uniform over {0, 1}
