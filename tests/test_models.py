@@ -191,12 +191,14 @@ def _student_terms(setup, student_cfg=StudentConfig(embed_size=8), **kd):
     torch.manual_seed(1)
     student = LightGCNStudent(setup[0]["norm_ui"], setup[0]["norm_iu"], 8, 2)
     users, pos, neg, extra = batch()
+    top = torch.tensor([[21, 22], [23, 24], [25, 26], [27, 28]])   # the teacher's top items of each row
     with torch.no_grad():
-        return student_terms(student, teacher(), users, pos, neg, extra, student_cfg, KDConfig(**kd)), student
+        return student_terms(student, teacher(), users, pos, neg, extra, student_cfg, KDConfig(**kd),
+                             teacher_top=top), student
 
 
 @pytest.mark.parametrize("term, field", [("pair_kd", "pair_weight"), ("list_kd", "list_weight"),
-                                         ("emb_kd", "emb_weight")])
+                                         ("emb_kd", "emb_weight"), ("rank_kd", "rank_weight")])
 def test_student_kd_term_scales_with_its_weight_and_vanishes_at_zero(setup, term, field):
     base, _ = _student_terms(setup, **{field: 0.5})
     double, _ = _student_terms(setup, **{field: 1.0})
@@ -234,7 +236,8 @@ def test_kd_temperature_reaches_the_pair_and_list_terms(setup):
 def test_no_kd_leaves_bpr_and_reg_only_and_needs_no_teacher(setup):
     from types import SimpleNamespace
     args = SimpleNamespace(kd_pair_weight=1.0, kd_list_weight=1.0, kd_emb_weight=0.1, kd_temperature=1.0,
-                           sce_gamma=2.0, neg_sample_num=10, no_disentangle=False, no_list_reweight=False, no_kd=True)
+                           sce_gamma=2.0, neg_sample_num=10, no_disentangle=False, no_list_reweight=False, no_kd=True,
+                           kd_rank_weight=1.0, kd_rank_k=10, paper_kd=False)
     kd = KDConfig.from_args(args)
     assert not kd.active and not kd.needs_lists
     full, _ = _student_terms(setup)
@@ -244,7 +247,10 @@ def test_no_kd_leaves_bpr_and_reg_only_and_needs_no_teacher(setup):
     terms = student_terms(student, None, users, pos, neg, None, StudentConfig(embed_size=8), kd)
     assert set(terms) == {"bpr", "reg"}
     assert terms["bpr"].item() == pytest.approx(full["bpr"].item(), rel=1e-6)
-    assert KDConfig.from_args(SimpleNamespace(**{**vars(args), "no_kd": False})).active
+    on = KDConfig.from_args(SimpleNamespace(**{**vars(args), "no_kd": False}))
+    assert on.active and on.rank_weight == 1.0
+    paper = KDConfig.from_args(SimpleNamespace(**{**vars(args), "no_kd": False, "paper_kd": True}))
+    assert paper.rank_weight == 0.0 and (paper.pair_weight, paper.list_weight, paper.emb_weight) == (1.0, 1.0, 0.1)
 
 
 # --- gaps found by mutation testing (mutmut 3.8.1) ---------------------------------------------
