@@ -200,7 +200,7 @@ def student_stage(setup, ctx, teacher):
     args, cfg, kd = setup.args, StudentConfig.from_args(setup.args), KDConfig.from_args(setup.args)
     teacher_user, teacher_item = eval_embeddings(teacher)
     teacher_top = None   # the teacher's top unseen items of every user, ranked once, before stage 2
-    if kd.rank_weight:
+    if kd.rank_weight or kd.score_weight:
         teacher_top = top_unseen_items(teacher_user, teacher_item, setup.ds.train, kd.rank_k)
     teacher.freeze_for_distillation()
     prompt_params = [p for p in teacher.parameters() if p.requires_grad]

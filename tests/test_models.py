@@ -237,7 +237,7 @@ def test_no_kd_leaves_bpr_and_reg_only_and_needs_no_teacher(setup):
     from types import SimpleNamespace
     args = SimpleNamespace(kd_pair_weight=1.0, kd_list_weight=1.0, kd_emb_weight=0.1, kd_temperature=1.0,
                            sce_gamma=2.0, neg_sample_num=10, no_disentangle=False, no_list_reweight=False, no_kd=True,
-                           kd_rank_weight=1.0, kd_rank_k=10, paper_kd=False)
+                           kd_rank_weight=1.0, kd_rank_k=10, kd_score_weight=0.5, paper_kd=False)
     kd = KDConfig.from_args(args)
     assert not kd.active and not kd.needs_lists
     full, _ = _student_terms(setup)
@@ -414,3 +414,21 @@ def test_feature_prompt_of_small_norm_is_normalised(setup):
             layer = teacher.reducers[name]
             expected = (x + 0.5 * torch.nn.functional.normalize(lifted, dim=1)) @ layer.weight.T + layer.bias
             torch.testing.assert_close(teacher.reduce_features(name, prompt_item), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_score_kd_is_the_kl_of_fused_teacher_and_student_softmax_over_the_candidates(setup):
+    import torch.nn.functional as F
+    terms, student = _student_terms(setup, score_weight=0.5, temperature=2.0)
+    teacher = make_teacher(setup)
+    teacher.eval()
+    users, pos, neg, extra = batch()
+    top = torch.tensor([[21, 22], [23, 24], [25, 26], [27, 28]])
+    candidates = torch.cat([pos[:, None], extra, top], dim=1)
+    with torch.no_grad():
+        out = teacher()
+        s_user, s_item = student()
+        t = (out.user[users][:, None, :] * out.item[candidates]).sum(-1) / 2.0
+        s = (s_user[users][:, None, :] * s_item[candidates]).sum(-1) / 2.0
+    p_t = F.softmax(t.double(), dim=1)
+    kl = (p_t * (F.log_softmax(t.double(), dim=1) - F.log_softmax(s.double(), dim=1))).sum(1).mean() * 4.0
+    assert terms["score_kd"].item() == pytest.approx(0.5 * kl.item(), rel=1e-4)

@@ -83,6 +83,14 @@ def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=Non
     modalities = list(t_out.mm_user)
     mm_user, mm_pair = _modality_rows(t_out, users, pairs)
 
+    if kd.score_weight and teacher_top is not None:
+        candidates = torch.cat([lists, teacher_top], dim=1)                     # (B, 1 + K + m)
+        s_list = gather_dot(s_user, s_items, torch.cat([list_index, top_index], dim=1))
+        t_user = t_out.fuse(gather_rows(t_out.cf_user, users), mm_user)
+        t_items = t_out.fuse(gather_rows(t_out.cf_item, candidates),
+                             {m: gather_rows(f, candidates) for m, f in t_out.mm_item.items()})
+        terms["score_kd"] = kd.score_weight * listwise_kl_loss(_scores(t_user, t_items), s_list, tau)
+
     if kd.pair_weight:
         t_scores = _scores(*_fused_rows(t_out, users, pairs, mm_user, mm_pair))
         terms["pair_kd"] = kd.pair_weight * pair_kd_loss(

@@ -134,6 +134,9 @@ def build_parser():
     g.add_argument("--kd_rank_weight", type=float, default=0.0,
                    help="ranking KD: the student ranks the teacher's top --kd_rank_k unseen items of each user, "
                         "in the teacher's order, above the list negatives")
+    g.add_argument("--kd_score_weight", type=float, default=0.0,
+                   help="score KD: KL between the fused teacher's and the student's softmax over each row's "
+                        "positive, its list negatives and the user's top --kd_rank_k unseen items of the teacher")
     g.add_argument("--kd_rank_k", type=int, default=10, help="m: the teacher's top unseen items per user")
     g.add_argument("--paper_kd", action="store_true",
                    help="the paper's three KD terms only (pair-wise, list-wise, embedding): no ranking KD")
@@ -221,7 +224,7 @@ def validate_args(args):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
     non_negative = ("cf_layers", "student_layers", "neg_sample_num", "threads", "reg", "student_reg",
-                    "weight_decay", "kd_pair_weight", "kd_list_weight", "kd_emb_weight", "kd_rank_weight",
+                    "weight_decay", "kd_pair_weight", "kd_list_weight", "kd_emb_weight", "kd_rank_weight", "kd_score_weight",
                     "feat_prompt_weight", "emb_prompt_weight", "mm_fusion_weight", "mm_loss_weight",
                     "prompt_loss_weight")
     for name in non_negative:
@@ -242,6 +245,6 @@ def validate_args(args):
         raise UserError(f"--valid_metric {args.valid_metric}: expected NAME@K, NAME one of {', '.join(METRIC_FUNCTIONS)}")
     if int(k) not in args.topk:
         raise UserError(f"--valid_metric {args.valid_metric}: K={k} is not one of --topk {args.topk}")
-    if (args.kd_list_weight or args.kd_rank_weight) and args.neg_sample_num < 1:
+    if (args.kd_list_weight or args.kd_rank_weight or args.kd_score_weight) and args.neg_sample_num < 1:
         raise UserError("--neg_sample_num 0: the list-wise and ranking KD need at least one extra negative "
                         "(or set --kd_list_weight 0 --kd_rank_weight 0)")
