@@ -206,3 +206,14 @@ def test_sce_loss_default_gamma_is_two():
     a, b = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     # cosines 0 and 1/sqrt(2): mean of (1 - cos)^2
     assert sce_loss(a, b).item() == pytest.approx((1.0 + (1 - 1 / math.sqrt(2)) ** 2) / 2, rel=1e-6)
+
+
+def test_embedding_distance_loss_by_hand_and_fixed_target():
+    from utility.losses import embedding_distance_loss
+    student = torch.tensor([[1.0, 2.0], [0.0, -1.0]], requires_grad=True)
+    teacher = torch.tensor([[0.0, 0.0], [3.0, 3.0]], requires_grad=True)
+    loss = embedding_distance_loss(student, teacher)
+    assert loss.item() == pytest.approx(((1 + 4) + (9 + 16)) / 2)
+    loss.backward()
+    assert torch.allclose(student.grad, torch.tensor([[1.0, 2.0], [-3.0, -4.0]]))   # 2 (s - t) / 2 rows
+    assert teacher.grad is None

@@ -198,7 +198,8 @@ def _student_terms(setup, student_cfg=StudentConfig(embed_size=8), **kd):
 
 
 @pytest.mark.parametrize("term, field", [("pair_kd", "pair_weight"), ("list_kd", "list_weight"),
-                                         ("emb_kd", "emb_weight"), ("rank_kd", "rank_weight")])
+                                         ("emb_kd", "emb_weight"), ("rank_kd", "rank_weight"),
+                                         ("score_kd", "score_weight"), ("de_kd", "de_weight")])
 def test_student_kd_term_scales_with_its_weight_and_vanishes_at_zero(setup, term, field):
     base, _ = _student_terms(setup, **{field: 0.5})
     double, _ = _student_terms(setup, **{field: 1.0})
@@ -237,7 +238,7 @@ def test_no_kd_leaves_bpr_and_reg_only_and_needs_no_teacher(setup):
     from types import SimpleNamespace
     args = SimpleNamespace(kd_pair_weight=1.0, kd_list_weight=1.0, kd_emb_weight=0.1, kd_temperature=1.0,
                            sce_gamma=2.0, neg_sample_num=10, no_disentangle=False, no_list_reweight=False, no_kd=True,
-                           kd_rank_weight=1.0, kd_rank_k=10, kd_score_weight=0.5, paper_kd=False)
+                           kd_rank_weight=1.0, kd_rank_k=10, kd_score_weight=0.5, kd_de_weight=0.5, paper_kd=False)
     kd = KDConfig.from_args(args)
     assert not kd.active and not kd.needs_lists
     full, _ = _student_terms(setup)
@@ -432,3 +433,17 @@ def test_score_kd_is_the_kl_of_fused_teacher_and_student_softmax_over_the_candid
     p_t = F.softmax(t.double(), dim=1)
     kl = (p_t * (F.log_softmax(t.double(), dim=1) - F.log_softmax(s.double(), dim=1))).sum(1).mean() * 4.0
     assert terms["score_kd"].item() == pytest.approx(0.5 * kl.item(), rel=1e-4)
+
+
+def test_de_kd_regresses_the_fused_teacher_embeddings(setup):
+    terms, student = _student_terms(setup, de_weight=0.5)
+    teacher = make_teacher(setup)
+    teacher.eval()
+    users, pos, neg, _ = batch()
+    with torch.no_grad():
+        out = teacher()
+        s_user, s_item = student()
+    user_part = (s_user[users] - out.user[users]).pow(2).sum(1).mean()
+    items = torch.stack([pos, neg], 1)
+    item_part = (s_item[items] - out.item[items]).pow(2).sum(-1).mean()
+    assert terms["de_kd"].item() == pytest.approx(0.5 * (user_part + item_part).item() / 2, rel=1e-5)

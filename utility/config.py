@@ -69,12 +69,14 @@ class KDConfig:
     list_reweight: bool = True
     rank_weight: float = 0.0            # ranking KD from the teacher's top items
     rank_k: int = 10                    # m: the teacher's top unseen items per user it ranks
+    de_weight: float = 0.0              # the student's embeddings (projected) regress the teacher's e^T
     score_weight: float = 0.0           # list-wise KD of the fused teacher's scores over [pos, K negatives, top m]
 
     @property
     def active(self):
         """True when any KD term has a weight."""
-        return bool(self.pair_weight or self.list_weight or self.emb_weight or self.rank_weight or self.score_weight)
+        return bool(self.pair_weight or self.list_weight or self.emb_weight or self.rank_weight or self.score_weight
+                    or self.de_weight)
 
     @property
     def needs_lists(self):
@@ -88,6 +90,7 @@ class KDConfig:
                    emb_weight=0.0 if off else args.kd_emb_weight,
                    rank_weight=0.0 if off or args.paper_kd else args.kd_rank_weight, rank_k=args.kd_rank_k,
                    score_weight=0.0 if off or args.paper_kd else args.kd_score_weight,
+                   de_weight=0.0 if off or args.paper_kd else args.kd_de_weight,
                    temperature=args.kd_temperature, sce_gamma=args.sce_gamma,
                    neg_sample_num=args.neg_sample_num, disentangle=not args.no_disentangle,
                    list_reweight=not args.no_list_reweight)

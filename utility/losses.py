@@ -80,3 +80,12 @@ def relaxed_ranking_loss(interesting, uninteresting):
     rest = torch.logcumsumexp(interesting.flip(1), dim=1).flip(1)     # log sum_{l >= k} e^{s_l}
     denominator = torch.logaddexp(rest, torch.logsumexp(uninteresting, dim=1, keepdim=True))
     return -(interesting - denominator).mean(1).mean()
+
+
+def embedding_distance_loss(student, teacher):
+    """Representation KD: mean over rows of the squared distance ||student - teacher||^2.
+
+    ``student`` is the student's embedding mapped to the teacher's width; ``teacher`` is taken as
+    a fixed target (no gradient reaches it).
+    """
+    return (student - teacher.detach()).pow(2).sum(-1).mean()

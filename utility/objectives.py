@@ -10,8 +10,8 @@ e^T is formed only for those rows. The list-wise logits are scored block by bloc
 import torch
 
 from utility.sparse_ops import gather_dot, gather_rows
-from utility.losses import (bpr_loss, disentangled_list_kd_loss, l2_penalty, listwise_kl_loss,
-                            pair_kd_loss, relaxed_ranking_loss, sce_loss)
+from utility.losses import (bpr_loss, disentangled_list_kd_loss, embedding_distance_loss, l2_penalty,
+                            listwise_kl_loss, pair_kd_loss, relaxed_ranking_loss, sce_loss)
 
 
 def _scores(user_rows, item_rows):
@@ -90,6 +90,12 @@ def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=Non
         t_items = t_out.fuse(gather_rows(t_out.cf_item, candidates),
                              {m: gather_rows(f, candidates) for m, f in t_out.mm_item.items()})
         terms["score_kd"] = kd.score_weight * listwise_kl_loss(_scores(t_user, t_items), s_list, tau)
+
+    if kd.de_weight:   # the student's embeddings, mapped to the teacher's width, regress e^T
+        t_user, t_pair = _fused_rows(t_out, users, pairs, mm_user, mm_pair)
+        e_user, e_pair = (s_user, s_pair) if projector is None else (projector(s_user), projector(s_pair))
+        terms["de_kd"] = kd.de_weight * (embedding_distance_loss(e_user, t_user)
+                                         + embedding_distance_loss(e_pair, t_pair)) / 2
 
     if kd.pair_weight:
         t_scores = _scores(*_fused_rows(t_out, users, pairs, mm_user, mm_pair))

@@ -137,6 +137,9 @@ def build_parser():
     g.add_argument("--kd_score_weight", type=float, default=0.0,
                    help="score KD: KL between the fused teacher's and the student's softmax over each row's "
                         "positive, its list negatives and the user's top --kd_rank_k unseen items of the teacher")
+    g.add_argument("--kd_de_weight", type=float, default=0.0,
+                   help="representation KD: the student's embeddings (through the projector when narrower) "
+                        "regress the fused teacher embeddings e^T of the batch's users and items")
     g.add_argument("--kd_rank_k", type=int, default=10, help="m: the teacher's top unseen items per user")
     g.add_argument("--paper_kd", action="store_true",
                    help="the paper's three KD terms only (pair-wise, list-wise, embedding): no ranking KD")
@@ -225,6 +228,7 @@ def validate_args(args):
             raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
     non_negative = ("cf_layers", "student_layers", "neg_sample_num", "threads", "reg", "student_reg",
                     "weight_decay", "kd_pair_weight", "kd_list_weight", "kd_emb_weight", "kd_rank_weight", "kd_score_weight",
+                    "kd_de_weight",
                     "feat_prompt_weight", "emb_prompt_weight", "mm_fusion_weight", "mm_loss_weight",
                     "prompt_loss_weight")
     for name in non_negative:
