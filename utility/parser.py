@@ -137,7 +137,7 @@ def build_parser():
     g.add_argument("--kd_score_weight", type=float, default=0.0,
                    help="score KD: KL between the fused teacher's and the student's softmax over each row's "
                         "positive, its list negatives and the user's top --kd_rank_k unseen items of the teacher")
-    g.add_argument("--kd_de_weight", type=float, default=0.0,
+    g.add_argument("--kd_de_weight", type=float, default=1.0,
                    help="representation KD: the student's embeddings (through the projector when narrower) "
                         "regress the fused teacher embeddings e^T of the batch's users and items")
     g.add_argument("--kd_rank_k", type=int, default=10, help="m: the teacher's top unseen items per user")
