@@ -18,7 +18,6 @@ Writes a markdown table of test (and validation) Recall@20 / NDCG@20, and the sa
 Flags after the script's own are passed to every main.py run (e.g. --student_epoch).
 """
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -30,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from scripts.seeds import (DASH, RunFailed, flag_given, fmt_mean_sd, fmt_p, json_safe, load_per_user,  # noqa: E402
-                           paired_test, run_main, summarise)
+                           paired_test, run_main, summarise, write_report)
 
 FULL = "PromptMM (full)"
 VARIANTS = [
@@ -184,14 +183,7 @@ def main(argv=None):
         p_test="two-sided Wilcoxon signed-rank test of per-user test Recall@20 against the full model; "
                "the (user, seed) pairs of every seed pooled into one paired sample",
         rows=rows))
-    text = format_table(report)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(text)
-    with open(os.path.splitext(out)[0] + ".json", "w") as f:
-        json.dump(report, f, indent=2)
-    print(text)
-    print(f"written {out}")
+    write_report(format_table(report), report, out)
     return 0
 
 

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import main as promptmm  # noqa: E402
+from scripts.seeds import write_report  # noqa: E402
 
 VARIANTS = {
     "random init, KD": ["--student_init", "random"],
@@ -125,14 +126,8 @@ def main(argv=None):
     os.makedirs(workdir, exist_ok=True)
     points = collect(base, args.seeds, args.sizes, workdir)
     plot(points, out, args.dataset)
-    text = table(points, args.dataset, args.seeds)
-    stem = os.path.splitext(out)[0]
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    with open(stem + ".json", "w") as f:
-        json.dump({k: (v if k == "teacher" else {str(d): r for d, r in v.items()}) for k, v in points.items()}, f,
-                  indent=2)
-    print(text)
+    data = {k: (v if k == "teacher" else {str(d): r for d, r in v.items()}) for k, v in points.items()}
+    write_report(table(points, args.dataset, args.seeds), data, os.path.splitext(out)[0] + ".md")
     print(f"written {out}")
 
 

@@ -331,6 +331,17 @@ def json_safe(x):
 
 # ---------------------------------------------------------------- command line
 
+def write_report(text, data, out):
+    """The markdown table to ``out``, the same numbers as JSON beside it, and the table on stdout."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump(data, f, indent=2)
+    print(text)
+    print(f"written {out} and {os.path.splitext(out)[0]}.json")
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)   # so that main.py's --seed is not taken for --seeds
@@ -440,13 +451,7 @@ def main(argv=None):
         paired_tests=tests,
     )
     report = json_safe(report)
-    text = format_report(report)
-    with open(out, "w") as f:
-        f.write(text)
-    with open(os.path.splitext(out)[0] + ".json", "w") as f:
-        json.dump(report, f, indent=2)
-    print(text)
-    print(f"written {out} and {os.path.splitext(out)[0]}.json")
+    write_report(format_report(report), report, out)
     return 0
 
 
