@@ -72,3 +72,11 @@ def test_unreadable_config_file(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert main.main(["--config", str(tmp_path / "missing.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_representation_kd_is_on_by_default_for_random_initialisation_only():
+    from utility.parser import parse_args
+    assert parse_args([]).kd_de_weight == 0.0
+    assert parse_args(["--student_init", "random"]).kd_de_weight == 1.0
+    assert parse_args(["--student_init", "random", "--kd_de_weight", "0.3"]).kd_de_weight == 0.3
+    assert parse_args(["--kd_de_weight", "2"]).kd_de_weight == 2.0

@@ -69,7 +69,7 @@ class KDConfig:
     list_reweight: bool = True
     rank_weight: float = 0.0            # ranking KD from the teacher's top items
     rank_k: int = 10                    # m: the teacher's top unseen items per user it ranks
-    de_weight: float = 1.0              # the student's embeddings (projected) regress the teacher's e^T
+    de_weight: float = 0.0              # the student's embeddings (projected) regress the teacher's e^T
     score_weight: float = 0.0           # list-wise KD of the fused teacher's scores over [pos, K negatives, top m]
 
     @property

@@ -137,9 +137,10 @@ def build_parser():
     g.add_argument("--kd_score_weight", type=float, default=0.0,
                    help="score KD: KL between the fused teacher's and the student's softmax over each row's "
                         "positive, its list negatives and the user's top --kd_rank_k unseen items of the teacher")
-    g.add_argument("--kd_de_weight", type=float, default=1.0,
+    g.add_argument("--kd_de_weight", type=float, default=None,
                    help="representation KD: the student's embeddings (through the projector when narrower) "
-                        "regress the fused teacher embeddings e^T of the batch's users and items")
+                        "regress the fused teacher embeddings e^T of the batch's users and items "
+                        "(default: 1 with --student_init random, 0 with the teacher's initialisation)")
     g.add_argument("--kd_rank_k", type=int, default=10, help="m: the teacher's top unseen items per user")
     g.add_argument("--paper_kd", action="store_true",
                    help="the paper's three KD terms only (pair-wise, list-wise, embedding): no ranking KD")
@@ -169,6 +170,8 @@ def parse_args(argv=None):
         args.student_embed_size = args.embed_size
     if args.prompt_lr is None:
         args.prompt_lr = args.student_lr
+    if args.kd_de_weight is None:   # chosen on validation: see docs/design.md, "What distillation transfers"
+        args.kd_de_weight = 1.0 if args.student_init == "random" else 0.0
     return args
 
 
