@@ -35,3 +35,41 @@ def test_a_stage_stops_patience_evaluations_after_its_best(tmp_path, tiny_json, 
     assert teacher["epochs_run"] == teacher["best_epoch"] + 3 * eval_every
     evaluated = [h["val"]["recall@20"] for h in results["teacher_history"] if "val" in h]
     assert max(evaluated[-3:]) <= max(evaluated[:-3])
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: nothing of the run's own handling runs after it."""
+
+
+def _numbers(folder):
+    r = json.loads((folder / "results.json").read_text())
+    return {s: (r[s]["val"], r[s]["test"], r[s]["best_epoch"], [h["terms"] for h in r[f"{s}_history"]])
+            for s in ("teacher", "student")}
+
+
+def test_a_kill_between_the_two_end_of_epoch_writes_still_resumes_exactly(tmp_path, tiny_json, monkeypatch):
+    """The end of an improving epoch writes <stage>.pt and checkpoint.pt; a kill after the first of
+    the two must not pair a checkpoint with best weights of another epoch."""
+    import utility.training as training
+    flags = ["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json), "--epoch", "3",
+             "--student_epoch", "4", "--batch_size", "64", "--embed_size", "8", "--no_plot",
+             "--student_init", "random", "--student_lr", "0.01"]
+    assert main.main(flags + ["--runs_dir", str(tmp_path / "straight")]) == 0
+    (straight,) = (tmp_path / "straight" / os.path.basename(tiny_json)).iterdir()
+    best = json.loads((straight / "results.json").read_text())["student"]["best_epoch"]
+    assert best > 1, "the planted run should select a later student epoch"
+
+    real_save = training.save_checkpoint
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if obj["stage"] == "student" and obj["epoch"] == best:   # the end of the selected epoch
+            raise _Killed()
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        main.main(flags + ["--runs_dir", str(tmp_path / "killed")])
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    (killed,) = (tmp_path / "killed" / os.path.basename(tiny_json)).iterdir()
+    assert main.main(["--resume", str(killed)]) == 0
+    assert _numbers(killed) == _numbers(straight)

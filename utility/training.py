@@ -350,7 +350,9 @@ def end_epoch(stage, run, state, sums, n_batches, seconds):
         run.log(f"{stage.name}: early stopping at epoch {epoch}; best validation {cfg.valid_metric} "
                 f"{stopper.best_score:.4f} at epoch {stopper.best_epoch}")
     state.done = stopper.should_stop or state.epoch > cfg.epochs
-    save(stage, run, state, CHECKPOINT, *([f"{stage.name}.pt"] if improved else []))
+    # the best file first: a run killed between the two writes resumes from the previous epoch's
+    # checkpoint and replays this epoch, which improves again and replaces the best weights
+    save(stage, run, state, *([f"{stage.name}.pt"] if improved else []), CHECKPOINT)
     if not state.done and run.stop_requested():
         raise Interrupted(run.stop_flag.signum or signal.SIGTERM)
 
