@@ -35,8 +35,8 @@ from utility.parser import build_parser, parse_args, validate_args
 from utility.plots import plot_curves
 from utility.run_io import Logger, new_run_dir, write_json
 from utility.sampler import TripleSampler
-from utility.training import (CHECKPOINT, Interrupted, NonFiniteLoss, Run, Stage, finish_stage, format_metrics,
-                              test_once, train_stage)
+from utility.training import (CHECKPOINT, Interrupted, NonFiniteLoss, Run, Stage, StageState, finish_stage,
+                              format_metrics, stage_summary, test_once, train_stage)
 
 
 @dataclass
@@ -137,9 +137,8 @@ def load_teacher(setup, ctx):
         val = ctx.val_eval(dot_scores(*eval_embeddings(teacher)))
         seconds = time.perf_counter() - start
         test = test_once("teacher", ctx, dot_scores(*eval_embeddings(teacher)))
-        ctx.results["teacher"] = dict(kind="teacher", best_epoch=setup.teacher_ckpt["best_epoch"], epochs_run=0,
-                                      params=count_parameters(teacher), seconds_per_epoch=0.0,
-                                      eval_seconds=seconds, val=val, test=test)
+        ctx.results["teacher"] = stage_summary("teacher", StageState(eval_seconds=[seconds]),
+                                               setup.teacher_ckpt["best_epoch"], count_parameters(teacher), val, test)
         t = ctx.results["teacher"]
         ctx.log(f"teacher best epoch {t['best_epoch']}: val {format_metrics(val)} | test {format_metrics(test)}")
     return teacher
