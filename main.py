@@ -134,9 +134,10 @@ def load_teacher(setup, ctx):
     if "teacher" not in ctx.results:
         ctx.log(f"teacher loaded from {setup.args.teacher_ckpt} (epoch {setup.teacher_ckpt['best_epoch']})")
         start = time.perf_counter()
-        val = ctx.val_eval(dot_scores(*eval_embeddings(teacher)))
+        scores = dot_scores(*eval_embeddings(teacher))
+        val = ctx.val_eval(scores)
         seconds = time.perf_counter() - start
-        test = test_once("teacher", ctx, dot_scores(*eval_embeddings(teacher)))
+        test = test_once("teacher", ctx, scores)
         ctx.results["teacher"] = stage_summary("teacher", StageState(eval_seconds=[seconds]),
                                                setup.teacher_ckpt["best_epoch"], count_parameters(teacher), val, test)
         t = ctx.results["teacher"]

@@ -55,15 +55,17 @@ def teacher_terms(teacher, out, users, pos, neg, cfg):
 
 
 def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=None, teacher_top=None):
-    """BPR + reg + pair-wise ranking KD + disentangled list-wise KD + SCE embedding KD
-    (+ ranking KD over ``teacher_top``, the (B, m) teacher's top unseen items of each row's user).
+    """BPR + reg, the paper's pair-wise, disentangled list-wise and SCE embedding KD, and the added
+    representation, ranking and score KD; each KD term is present only when its weight is.
 
     ``cfg``: the :class:`~utility.config.StudentConfig` (its reg); ``kd``: the
     :class:`~utility.config.KDConfig` (weights, temperature, SCE gamma, list-KD variant).
 
     ``extra``: (batch, K) negatives; the list of each row is [pos, extra_1..K] (None when no term
-    scores lists). ``projector`` maps student embeddings to the teacher's width for the embedding
-    KD when the two differ. Without any KD weight, ``t_out`` is not used (it may be None).
+    scores lists). ``teacher_top``: the (B, m) teacher's top unseen items of each row's user
+    (ranking and score KD). ``projector`` maps student embeddings to the teacher's width for the
+    embedding and representation KD when the two differ. Without any KD weight, ``t_out`` is not
+    used (it may be None).
     """
     pairs = torch.stack([pos, neg], dim=1)                    # (B, 2)
     lists = pos[:, None] if extra is None else torch.cat([pos[:, None], extra], dim=1)   # (B, 1 + K)
@@ -83,22 +85,25 @@ def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=Non
     modalities = list(t_out.mm_user)
     mm_user, mm_pair = _modality_rows(t_out, users, pairs)
 
+    # the fused teacher rows and the projected student rows, formed once for the terms that use them
+    if kd.pair_weight or kd.de_weight or kd.score_weight:
+        t_user, t_pair = _fused_rows(t_out, users, pairs, mm_user, mm_pair)
+    if kd.de_weight or (kd.emb_weight and modalities):
+        e_user, e_pair = (s_user, s_pair) if projector is None else (projector(s_user), projector(s_pair))
+
     if kd.score_weight and teacher_top is not None:
         candidates = torch.cat([lists, teacher_top], dim=1)                     # (B, 1 + K + m)
         s_list = gather_dot(s_user, s_items, torch.cat([list_index, top_index], dim=1))
-        t_user = t_out.fuse(gather_rows(t_out.cf_user, users), mm_user)
         t_items = t_out.fuse(gather_rows(t_out.cf_item, candidates),
                              {m: gather_rows(f, candidates) for m, f in t_out.mm_item.items()})
         terms["score_kd"] = kd.score_weight * listwise_kl_loss(_scores(t_user, t_items), s_list, tau)
 
     if kd.de_weight:   # the student's embeddings, mapped to the teacher's width, regress e^T
-        t_user, t_pair = _fused_rows(t_out, users, pairs, mm_user, mm_pair)
-        e_user, e_pair = (s_user, s_pair) if projector is None else (projector(s_user), projector(s_pair))
         terms["de_kd"] = kd.de_weight * (embedding_distance_loss(e_user, t_user)
                                          + embedding_distance_loss(e_pair, t_pair)) / 2
 
     if kd.pair_weight:
-        t_scores = _scores(*_fused_rows(t_out, users, pairs, mm_user, mm_pair))
+        t_scores = _scores(t_user, t_pair)
         terms["pair_kd"] = kd.pair_weight * pair_kd_loss(
             t_scores[:, 0], t_scores[:, 1], s_scores[:, 0], s_scores[:, 1], tau)
 
@@ -114,9 +119,7 @@ def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=Non
         terms["list_kd"] = kd.list_weight * total / len(modalities)
 
     if kd.emb_weight and modalities:
-        e_user, e_item = s_user, s_pair.reshape(-1, s_pair.shape[-1])
-        if projector is not None:
-            e_user, e_item = projector(e_user), projector(e_item)
+        e_item = e_pair.reshape(-1, e_pair.shape[-1])
         total = 0.0
         for m in modalities:
             total = total + sce_loss(mm_pair[m].reshape(-1, e_item.shape[-1]), e_item, kd.sce_gamma)

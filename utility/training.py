@@ -296,7 +296,7 @@ def train_step(stage, run, batch):
             return None, 0.0
     if terms:
         loss.backward()
-    params = [p for group in stage.optimizer.param_groups for p in group["params"]]
+    params = None if run.dist is None else [p for group in stage.optimizer.param_groups for p in group["params"]]
     if run.dist is not None:
         run.dist.sync_gradients(params, local_rows, global_rows)
     stage.optimizer.step()
