@@ -127,49 +127,59 @@ class Teacher(nn.Module):
         use_prompt = cfg.use_prompt and cfg.use_modalities
         self.prompt_module = PromptModule(item_tokens.shape[1], d, cfg.prompt_dropout) if use_prompt else None
         self.frozen = False
+        self.use_frozen_parts = True   # off: stage 2 runs the straightforward forward pass
 
     def prompts(self):
         if self.prompt_module is None:
             return None, None
         return self.prompt_module(self.user_tokens, self.item_tokens)
 
-    def _reduce_plain(self, name):
-        """X^m W_m + b_m; a constant while the reducers are frozen (stage 2), computed once then."""
-        if self.frozen:
-            return getattr(self, f"reduced_{name}")
-        return self.reducers[name](getattr(self, f"feat_{name}"))
-
-    def reduce_features(self, name, prompt_item):
-        """h^m = drop((X^m + lambda_f norm(P_I (P_I^T X^m))) W_m + b_m), computed in the d-wide space.
+    def feature_prompt_lift(self, name, prompt_item):
+        """lambda_f norm(P_I (P_I^T X^m)) W_m, computed in the d-wide space.
 
         With C = P_I^T X, the lifted prompt p = P_I C has row norms sqrt(P_i (C C^T) P_i^T), and
         norm(p) W = diag(1/|p_i|) P_I (C W^T): the (n_items, d_m) lifted matrix is never formed.
         """
-        h = self._reduce_plain(name)
+        if self.prompt_module.is_linear:
+            context = self.prompt_module.item_context(getattr(self, f"token_feat_{name}"),
+                                                      getattr(self, f"feat_sum_{name}"))
+        else:
+            context = prompt_item.T @ getattr(self, f"feat_{name}")
+        sq_norms = ((prompt_item @ (context @ context.T)) * prompt_item).sum(1)
+        norms = sq_norms.clamp_min(0).sqrt().clamp_min(1e-12)        # F.normalize's eps
+        weight = self.reducers[name].weight
+        return self.cfg.feat_prompt_weight * (prompt_item @ (context @ weight.T)) / norms[:, None]
+
+    def reduce_features(self, name, prompt_item):
+        """h^m = drop((X^m + lambda_f norm(P_I (P_I^T X^m))) W_m + b_m)."""
+        h = self.reducers[name](getattr(self, f"feat_{name}"))
         if prompt_item is not None and self.cfg.feat_prompt_weight:
-            layer = self.reducers[name]
-            if self.prompt_module.is_linear:
-                context = self.prompt_module.item_context(getattr(self, f"token_feat_{name}"),
-                                                          getattr(self, f"feat_sum_{name}"))
-            else:
-                context = prompt_item.T @ getattr(self, f"feat_{name}")
-            sq_norms = ((prompt_item @ (context @ context.T)) * prompt_item).sum(1)
-            norms = sq_norms.clamp_min(0).sqrt().clamp_min(1e-12)        # F.normalize's eps
-            h = h + self.cfg.feat_prompt_weight * (prompt_item @ (context @ layer.weight.T)) / norms[:, None]
+            h = h + self.feature_prompt_lift(name, prompt_item)
         return self.dropout(h)
 
-    def modality_knowledge(self, name, prompt_item):
-        """f^m_U, f^m_I of one modality: prompt-enhanced reduction then the modality GNN."""
-        h = self.reduce_features(name, prompt_item)
+    def propagate_modality(self, h, name):
+        """The modality GNN on reduced item features h: (f^m_U, f^m_I), linear in h.
+
+        With an item-item kNN graph S_m of the modality's features, f^m_I also gains S_m^L h: each
+        item's content-similar items' reduced features (items without interactions included).
+        """
         item = h
         for _ in range(self.cfg.mm_layers):
             user = spmm(self.user_mean, self.user_mean_t, item)      # Abar_ui f_I
             item = spmm(self.item_mean, self.item_mean_t, user)      # Abar_iu f_U
         if self.cfg.item_residual:
             item = item + h
+        knn = getattr(self, f"knn_{name}", None)
+        if knn is not None and self.cfg.knn_k:
+            similar = h
+            for _ in range(self.cfg.knn_layers):
+                similar = spmm(knn, knn, similar)                     # S_m is symmetric: its own transpose
+            item = item + similar
         return user, item
 
     def forward(self):
+        if self.from_frozen_parts():
+            return self._forward_from_frozen_parts()
         prompt_user, prompt_item = self.prompts()
         ego_user, ego_item = self.user_emb, self.item_emb
         if prompt_user is not None and self.cfg.emb_prompt_weight:
@@ -178,31 +188,69 @@ class Teacher(nn.Module):
         cf_user, cf_item = lightgcn_propagate(self.norm_ui, self.norm_iu, ego_user, ego_item, self.cfg.cf_layers)
         mm_user, mm_item = {}, {}
         for name in self.modalities:
-            mm_user[name], mm_item[name] = self.modality_knowledge(name, prompt_item)
+            mm_user[name], mm_item[name] = self.propagate_modality(self.reduce_features(name, prompt_item), name)
         return TeacherOutput(cf_user, cf_item, mm_user, mm_item, prompt_user, prompt_item,
                              self.cfg.mm_fusion_weight)
+
+    # ------------------------------------------------------------ stage 2: the frozen parts
 
     def freeze_for_distillation(self):
         """Stage 2: every teacher weight frozen except the prompt module's.
 
-        The frozen reductions X^m W_m + b_m become buffers (they move with ``.to``), refreshed
-        whenever weights are loaded into the frozen teacher.
+        What the frozen weights alone determine is propagated once (:meth:`_propagate_frozen_parts`)
+        into buffers that move with ``.to`` and are refreshed whenever weights are loaded.
         """
         for name, param in self.named_parameters():
             param.requires_grad_(name.startswith("prompt_module."))
         self.frozen = True
-        self._cache_reductions()
+        self._propagate_frozen_parts()
 
-    def _cache_reductions(self):
+    def from_frozen_parts(self):
+        """True when the forward pass starts from the frozen parts' constants: stage 2, unless
+        ``use_frozen_parts`` is off or dropout on the reduced features is active (it is random)."""
+        return self.frozen and self.use_frozen_parts and not (self.training and self.dropout.p > 0)
+
+    def _propagate_frozen_parts(self):
+        """LightGCN(E) of the CF branch and GNN(X^m W_m + b_m) of each modality branch, once."""
         with torch.no_grad():
+            user, item = lightgcn_propagate(self.norm_ui, self.norm_iu, self.user_emb, self.item_emb,
+                                            self.cfg.cf_layers)
+            self.register_buffer("frozen_cf_user", user, persistent=False)
+            self.register_buffer("frozen_cf_item", item, persistent=False)
             for name in self.modalities:
-                self.register_buffer(f"reduced_{name}", self.reducers[name](getattr(self, f"feat_{name}")),
-                                     persistent=False)
+                user, item = self.propagate_modality(self.reducers[name](getattr(self, f"feat_{name}")), name)
+                self.register_buffer(f"frozen_mm_user_{name}", user, persistent=False)
+                self.register_buffer(f"frozen_mm_item_{name}", item, persistent=False)
+
+    def _forward_from_frozen_parts(self):
+        """Stage 2's forward pass, exactly, from the frozen parts' constants.
+
+        Both GNNs are linear. The CF branch propagates E + lambda_s norm(P): its output is the
+        constant LightGCN(E) plus lambda_s LightGCN(norm(P)). Each modality branch propagates
+        X^m W_m + b_m + (prompt lift): its output is the constant GNN(X^m W_m + b_m) plus
+        GNN(prompt lift). Only the prompt-dependent terms are propagated at each step; with the
+        prompts off, or their weights 0, nothing is.
+        """
+        prompt_user, prompt_item = self.prompts()
+        cf_user, cf_item = self.frozen_cf_user, self.frozen_cf_item
+        if prompt_user is not None and self.cfg.emb_prompt_weight:
+            lift_user, lift_item = lightgcn_propagate(self.norm_ui, self.norm_iu, F.normalize(prompt_user, dim=1),
+                                                      F.normalize(prompt_item, dim=1), self.cfg.cf_layers)
+            cf_user = cf_user + self.cfg.emb_prompt_weight * lift_user
+            cf_item = cf_item + self.cfg.emb_prompt_weight * lift_item
+        mm_user, mm_item = {}, {}
+        for name in self.modalities:
+            mm_user[name], mm_item[name] = getattr(self, f"frozen_mm_user_{name}"), getattr(self, f"frozen_mm_item_{name}")
+            if prompt_item is not None and self.cfg.feat_prompt_weight:
+                lift_user, lift_item = self.propagate_modality(self.feature_prompt_lift(name, prompt_item), name)
+                mm_user[name], mm_item[name] = mm_user[name] + lift_user, mm_item[name] + lift_item
+        return TeacherOutput(cf_user, cf_item, mm_user, mm_item, prompt_user, prompt_item,
+                             self.cfg.mm_fusion_weight)
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         if self.frozen:
-            self._cache_reductions()
+            self._propagate_frozen_parts()
         return result
 
 

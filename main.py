@@ -9,6 +9,7 @@ The run reads top to bottom: ``prepare`` (data, graphs, features, evaluators, sa
 folder), ``fit_teacher`` or ``load_teacher``, ``distil``, ``report``.
 """
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -28,10 +29,10 @@ from utility.distributed import Distributed, exit_without_finalizing, launched_b
 from utility.errors import UserError
 from utility.evaluate import RankingEvaluator, dot_scores, top_unseen_items
 from utility.features import default_cache_dir, item_hard_tokens
-from utility.graph import build_graphs
+from utility.graph import build_graphs, cached_knn_graphs, to_torch_csr
 from utility.load_data import JSON_FILES, PICKLE_FILES, load_dataset
 from utility.objectives import student_terms, teacher_terms
-from utility.parser import build_parser, parse_args, validate_args
+from utility.parser import build_parser, parse_args, resolve_defaults, validate_args
 from utility.plots import plot_curves
 from utility.run_io import Logger, new_run_dir, write_json
 from utility.sampler import TripleSampler
@@ -54,12 +55,14 @@ class Setup:
 
 # ---------------------------------------------------------------- the run
 
-def run(args, log, dist=None):
+def run(args, log, dist=None, monitor=None):
+    """The whole run; ``monitor(stage, epoch, validation score)`` is called after each validation."""
     validate_args(args)
     resume = None
     if args.resume:
         args, resume = load_resume(args.resume)
     setup, ctx = prepare(args, log, dist, resume)
+    ctx.monitor = monitor
     try:
         teacher = load_teacher(setup, ctx) if setup.teacher_ckpt else fit_teacher(setup, ctx)
         record_teacher_efficiency(ctx, teacher)
@@ -79,7 +82,9 @@ def prepare(args, log, dist, resume):
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    ds = load_dataset(dataset_folder(args), name=args.dataset)
+    clock = PhaseClock()
+    with clock("load data"):
+        ds = load_dataset(dataset_folder(args), name=args.dataset)
     log(ds.summary())
     check_splits(ds)
     teacher_ckpt = load_teacher_checkpoint(args, ds) if args.teacher_ckpt else None
@@ -87,26 +92,55 @@ def prepare(args, log, dist, resume):
     if teacher_ckpt is not None:
         teacher_cfg = from_dict(TeacherConfig, teacher_ckpt["config"]["teacher"])
     check_student_flags(args, teacher_cfg)
-    tokens = hard_tokens(args, ds, teacher_cfg.embed_size, log)
-    setup = Setup(args, ds, build_graphs(ds.train, device),
-                  {m: torch.from_numpy(x).to(device) for m, x in ds.modality_feats.items()},
-                  torch.from_numpy(tokens).to(device), teacher_cfg, teacher_ckpt)
-    shard, reduce = (None, None) if dist is None else ((dist.rank, dist.world_size), dist.sum)
-    val_eval = RankingEvaluator(ds.val, [ds.train], args.topk, device, args.eval_batch_size, shard, reduce)
-    test_exclude = [ds.train, ds.val] if args.exclude_val else [ds.train]
-    test_eval = RankingEvaluator(ds.test, test_exclude, args.topk, device, args.eval_batch_size, shard, reduce)
-    sampler = TripleSampler(ds.train, args.seed)   # the same epochs on every rank; each takes its rows
+    setup = model_inputs(args, ds, teacher_cfg, teacher_ckpt, device, clock, log)
+    with clock("evaluators and sampler"):
+        val_eval, test_eval = evaluators(args, ds, device, dist)
+        sampler = TripleSampler(ds.train, args.seed)   # the same epochs on every rank; each takes its rows
     run_dir = args.resume or open_run_dir(args, dist)
     log.open(os.path.join(run_dir, "log.txt"))
     config = run_config(args, device, run_dir, teacher_cfg, dist)
-    results = (resume or {}).get("results") or dict(
-        dataset=args.dataset, n_users=ds.n_users, n_items=ds.n_items, modalities=ds.modality_dims,
-        device=str(device), seed=args.seed, run_dir=run_dir)
+    results = (resume or {}).get("results") or new_results(args, ds, device, run_dir, clock, val_eval, test_eval)
     ctx = Run(config=config, data=data_signature(ds), device=device, sampler=sampler, val_eval=val_eval,
               test_eval=test_eval, log=log, run_dir=run_dir, results=results, dist=dist, resume=resume,
               check_replicas=args.check_replicas)
     announce(ctx, args, resume)
     return setup, ctx
+
+
+def model_inputs(args, ds, teacher_cfg, teacher_ckpt, device, clock, log):
+    """The models' tensors: PCA hard tokens, the interaction graphs (and kNN graphs), the features."""
+    with clock("PCA hard tokens"):
+        tokens = hard_tokens(args, ds, teacher_cfg.embed_size, log)
+    with clock("graphs"):
+        graphs = build_graphs(ds.train, device)
+    if teacher_cfg.knn_k and teacher_cfg.use_modalities:
+        with clock("item-item kNN graphs"):
+            graphs.update(knn_graphs(args, ds, teacher_cfg.knn_k, device))
+    feats = {m: torch.from_numpy(x).to(device) for m, x in ds.modality_feats.items()}
+    return Setup(args, ds, graphs, feats, torch.from_numpy(tokens).to(device), teacher_cfg, teacher_ckpt)
+
+
+def new_results(args, ds, device, run_dir, clock, val_eval, test_eval):
+    """results.json as a run starts: the data, the device, the set-up phases' seconds, the user sample."""
+    results = dict(dataset=args.dataset, n_users=ds.n_users, n_items=ds.n_items, modalities=ds.modality_dims,
+                   device=str(device), seed=args.seed, run_dir=run_dir, setup_seconds=clock.seconds)
+    if args.eval_users is not None:
+        results["eval_users"] = dict(sample=args.eval_users, seed=args.seed, val=val_eval.n_users_sampled,
+                                     val_total=val_eval.n_users_total)
+        if test_eval is not None:
+            results["eval_users"].update(test=test_eval.n_users_sampled, test_total=test_eval.n_users_total)
+    return results
+
+
+def evaluators(args, ds, device, dist):
+    """The validation and test evaluators (sharded under torchrun, on a user sample with --eval_users)."""
+    shard, reduce = (None, None) if dist is None else ((dist.rank, dist.world_size), dist.sum)
+    sample = None if args.eval_users is None else (args.eval_users, args.seed)
+    val_eval = RankingEvaluator(ds.val, [ds.train], args.topk, device, args.eval_batch_size, shard, reduce, sample)
+    test_exclude = [ds.train, ds.val] if args.exclude_val else [ds.train]
+    test_eval = None if args.no_test else RankingEvaluator(ds.test, test_exclude, args.topk, device,
+                                                           args.eval_batch_size, shard, reduce, sample)
+    return val_eval, test_eval
 
 
 def fit_teacher(setup, ctx):
@@ -141,7 +175,8 @@ def load_teacher(setup, ctx):
         ctx.results["teacher"] = stage_summary("teacher", StageState(eval_seconds=[seconds]),
                                                setup.teacher_ckpt["best_epoch"], count_parameters(teacher), val, test)
         t = ctx.results["teacher"]
-        ctx.log(f"teacher best epoch {t['best_epoch']}: val {format_metrics(val)} | test {format_metrics(test)}")
+        ctx.log(f"teacher best epoch {t['best_epoch']}: val {format_metrics(val)}"
+                + ("" if test is None else f" | test {format_metrics(test)}"))
     return teacher
 
 
@@ -159,9 +194,12 @@ def distil(setup, ctx, teacher):
 def report(setup, ctx):
     """MostPopular for reference, the summary table, the loss curves and results.json."""
     args, ds, results = setup.args, setup.ds, ctx.results
-    popularity = torch.as_tensor(np.asarray(ds.train.sum(axis=0)).ravel(), dtype=torch.float32, device=ctx.device)
-    results["most_popular"] = dict(test=ctx.test_eval(partial(popularity_scores, popularity)))
-    ctx.log(summary_table(results, args.topk))
+    if ctx.test_eval is None:
+        ctx.log("--no_test: the test split was not evaluated")
+    else:
+        popularity = torch.as_tensor(np.asarray(ds.train.sum(axis=0)).ravel(), dtype=torch.float32, device=ctx.device)
+        results["most_popular"] = dict(test=ctx.test_eval(partial(popularity_scores, popularity)))
+        ctx.log(summary_table(results, args.topk))
     if not ctx.writer:
         return 0
     if not args.no_plot:
@@ -189,8 +227,9 @@ def teacher_loss(teacher, cfg, users, pos, neg, extra):
     return teacher_terms(teacher, teacher(), users, pos, neg, cfg)
 
 
-def student_loss(student, teacher, fixed_teacher, cfg, kd, projector, teacher_top, users, pos, neg, extra):
-    t_out = None if not kd.active else teacher() if fixed_teacher is None else fixed_teacher
+def student_loss(student, teacher, cfg, kd, projector, teacher_top, users, pos, neg, extra):
+    # the frozen teacher's forward pass starts from its propagated constants (Teacher.freeze_for_distillation)
+    t_out = teacher() if kd.active else None
     top = None if teacher_top is None else teacher_top[users]
     return student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector, top)
 
@@ -219,12 +258,8 @@ def student_stage(setup, ctx, teacher):
     if prompt_params:
         groups.append(dict(params=prompt_params, lr=args.prompt_lr))
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    fixed_teacher = None
-    if not prompt_params and kd.active:   # without trainable prompts the frozen teacher's outputs never change
-        with torch.no_grad():
-            fixed_teacher = teacher()
     return Stage("student", cfg.model_type, modules, [student] + ([projector] if projector else []), optimizer,
-                 loss=partial(student_loss, student, teacher, fixed_teacher, cfg, kd, projector, teacher_top),
+                 loss=partial(student_loss, student, teacher, cfg, kd, projector, teacher_top),
                  embeddings=partial(eval_embeddings, student), cfg=TrainConfig.from_args(args, "student"),
                  extra_negatives=kd.neg_sample_num if kd.needs_lists else 0, params=count_parameters(student))
 
@@ -279,6 +314,19 @@ def measure_inference_ms(serve_fn, n_users, device, repeats=5):
 
 
 # ---------------------------------------------------------------- set-up helpers
+
+class PhaseClock:
+    """Seconds of each named set-up phase: ``with clock("graphs"): ...``; ``clock.seconds``."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+
 
 def resolve_device(name):
     if name == "cuda" and not torch.cuda.is_available():
@@ -338,6 +386,12 @@ def hard_tokens(args, ds, dim, log):
     return tokens
 
 
+def knn_graphs(args, ds, k, device):
+    """{"knn_<modality>": its normalised item-item kNN graph}, the neighbour lists cached like the tokens."""
+    cache_dir = default_cache_dir(ds.path, os.path.join(args.runs_dir, ".cache", args.dataset))
+    return {f"knn_{m}": to_torch_csr(g).to(device) for m, g in cached_knn_graphs(ds.modality_feats, k, cache_dir).items()}
+
+
 def data_signature(ds):
     return dict(n_users=ds.n_users, n_items=ds.n_items, n_train=int(ds.train.nnz), modalities=ds.modality_dims)
 
@@ -375,8 +429,9 @@ def load_resume(run_dir):
         ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"--resume {run_dir}: cannot read the run's config or checkpoint ({type(e).__name__})") from None
-    known = {a.dest for a in build_parser()._actions}
-    args = argparse.Namespace(**{k: v for k, v in config.items() if k in known})
+    args = build_parser().parse_args([])   # flags added since the run started get their defaults
+    known = vars(args)
+    args = resolve_defaults(argparse.Namespace(**{**known, **{k: v for k, v in config.items() if k in known}}))
     args.resume = run_dir
     return args, ckpt
 
@@ -415,6 +470,11 @@ def announce(ctx, args, resume):
     dist = ctx.dist
     ctx.log(f"run folder: {ctx.run_dir} | device: {ctx.device} | seed: {args.seed}"
             + (f" | {dist.world_size} processes, global batch {dist.world_size * args.batch_size}" if dist else ""))
+    if "eval_users" in ctx.results:
+        e = ctx.results["eval_users"]
+        ctx.log(f"evaluation on a fixed random sample (--eval_users {e['sample']}, seed {e['seed']}): "
+                f"{e['val']} of {e['val_total']} validation users"
+                + (f", {e['test']} of {e['test_total']} test users" if "test" in e else ""))
 
 
 def summary_table(results, ks):

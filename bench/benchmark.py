@@ -196,9 +196,10 @@ def main(argv=None):
     steps = flops.epoch_steps(ds.train.nnz, args.batch_size)
     teacher_counts = {k: v * steps for k, v in flops.teacher_step(shapes, stage=1).items()}
     t2 = flops.teacher_step(shapes, stage=2)
-    s2 = flops.student_step(shapes, args.batch_size, args.student_model_type, args.neg_sample_num,
+    s2 = flops.student_step(shapes, args.student_batch_size, args.student_model_type, args.neg_sample_num,
                             args.student_hidden, args.student_embed_size, args.embed_size)
-    student_counts = {k: (t2[k] + s2[k]) * steps for k in ("dense", "sparse")}
+    student_counts = {k: (t2[k] + s2[k]) * flops.epoch_steps(ds.train.nnz, args.student_batch_size)
+                      for k in ("dense", "sparse")}
 
     # one full evaluation pass (all validation users) with fixed embeddings
     evaluator = RankingEvaluator(ds.val, [ds.train], args.topk, device, args.eval_batch_size)

@@ -21,7 +21,8 @@ def teacher_step(s, stage=1):
     s: dict with n_users, n_items, embed_size, token_size, modality_dims, nnz_adj, nnz_train,
     cf_layers, mm_layers, prompt (bool), feat_prompt (bool), emb_prompt (bool).
     stage 1 trains every weight; stage 2 runs the frozen teacher with gradients reaching the prompt
-    module only (the plain reduction X W is then a cached constant).
+    module only: what the frozen weights alone determine (LightGCN(E), GNN(X W + b)) is propagated
+    once per stage, and a step propagates only the prompt-dependent terms.
     """
     U, I, d, t = s["n_users"], s["n_items"], s["embed_size"], s["token_size"]
     dense = sparse = 0.0
@@ -35,11 +36,11 @@ def teacher_step(s, stage=1):
             small_bwd = _mm(d, dm, t) + 2 * _mm(d, d, dm) + (_mm(d, d, dm) if stage == 1 else 0) + _mm(d, dm, d)
             big = 2 * _mm(I, d, d)               # P (C C^T) and P (C W^T)
             dense += small + small_bwd + big + 2 * big   # each big product: dP and d(small factor)
-        # modality GNN: mm_layers hops user<-item and item<-user, each needs its gradient
-        sparse += s["mm_layers"] * 2 * (2.0 * s["nnz_train"] * d) * 2
-    sparse += s["cf_layers"] * (2.0 * s["nnz_adj"] * d) * 2   # LightGCN forward and backward
-    if stage == 2 and not s["prompt"]:
-        return {"dense": 0.0, "sparse": 0.0}     # the frozen teacher is computed once, not per step
+        if stage == 1 or (s["prompt"] and s["feat_prompt"]):
+            # modality GNN: mm_layers hops user<-item and item<-user, each needs its gradient
+            sparse += s["mm_layers"] * 2 * (2.0 * s["nnz_train"] * d) * 2
+    if stage == 1 or (s["prompt"] and s["emb_prompt"]):
+        sparse += s["cf_layers"] * (2.0 * s["nnz_adj"] * d) * 2   # LightGCN forward and backward
     return {"dense": dense, "sparse": sparse}
 
 

@@ -397,13 +397,21 @@ def _progress(iterable, verbose, desc, **kwargs):
 
 
 def make_synthetic(like: str, out, scale: float = 1.0, seed: int = DEFAULT_SEED, force: bool = False,
-                   verbose: bool = True, params: GeneratorParams | None = None) -> Path:
-    """Generate a dataset shaped like ``like`` times ``scale`` into folder ``out``; returns its path."""
+                   verbose: bool = True, params: GeneratorParams | None = None, shape: dict | None = None) -> Path:
+    """Generate a dataset shaped like ``like`` times ``scale`` into folder ``out``; returns its path.
+
+    ``shape`` ({n_users, n_items, n_interactions, modalities: {name: dim}}) replaces the scaled
+    shape; ``like`` then only sets the modalities' noise levels (by name, as in ``MODALITY_NOISE``).
+    """
     name = canonical_name(like)
     params = params or GeneratorParams()
     out = Path(out)
     _check_out(out, force)
-    shape = scaled_shape(name, scale)
+    shape = shape or scaled_shape(name, scale)
+    unknown = set(shape["modalities"]) - set(MODALITY_NOISE[name])
+    if unknown:
+        raise ValueError(f"modalities {sorted(unknown)} have no noise levels for {name!r} "
+                         f"(choose from {sorted(MODALITY_NOISE[name])})")
     n_users, n_items = shape["n_users"], shape["n_items"]
     log = (lambda msg: print(f"[synthetic] {msg}", file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
     log(f"{name} x{scale:g} (seed {seed}): {n_users:,} users, {n_items:,} items, "

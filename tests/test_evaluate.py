@@ -189,3 +189,28 @@ def test_reduce_sums_the_totals_of_every_process():
     one_more_user = lambda totals: totals + torch.eye(len(totals), dtype=totals.dtype)[-1]  # noqa: E731
     padded = RankingEvaluator(truth, [train], [1, 2], torch.device("cpu"), reduce=one_more_user)(score)
     assert padded["recall@1"] == pytest.approx(1 / 4) and padded["recall@2"] == pytest.approx(2 / 4)
+
+
+def test_a_fixed_sample_of_users_is_evaluated_exactly_as_those_users_alone():
+    rng = np.random.default_rng(0)
+    truth = sp.random(200, 30, density=0.05, random_state=1, format="csr")
+    truth.data[:] = 1
+    train = sp.random(200, 30, density=0.1, random_state=2, format="csr")
+    train.data[:] = 1
+    train = train - train.multiply(truth)
+    user_emb, item_emb = torch.from_numpy(rng.normal(size=(200, 4)).astype(np.float32)), \
+        torch.from_numpy(rng.normal(size=(30, 4)).astype(np.float32))
+    cpu = torch.device("cpu")
+    ev = RankingEvaluator(truth, [train], [5, 10], cpu, sample=(40, 7))
+    with_truth = np.flatnonzero(np.diff(truth.indptr) > 0)
+    users = ev.users.numpy()
+    assert ev.n_users_sampled == 40 == len(set(users)) and set(users) <= set(with_truth)
+    assert ev.n_users_total == with_truth.size
+    np.testing.assert_array_equal(RankingEvaluator(truth, [train], [5], cpu, sample=(40, 7)).users.numpy(), users)
+    assert not np.array_equal(RankingEvaluator(truth, [train], [5], cpu, sample=(40, 8)).users.numpy(), users)
+    # the same metrics as the full evaluator on a truth matrix holding only the sampled users' rows
+    keep = sp.diags(np.isin(np.arange(200), users).astype(np.float32))
+    alone = RankingEvaluator(sp.csr_matrix(keep @ truth), [train], [5, 10], cpu)
+    assert ev(dot_scores(user_emb, item_emb)) == pytest.approx(alone(dot_scores(user_emb, item_emb)))
+    # a sample at least as large as the users keeps them all
+    assert RankingEvaluator(truth, [train], [5], cpu, sample=(10_000, 7)).users.numel() == with_truth.size

@@ -205,3 +205,22 @@ def test_default_cache_dir(tmp_path, monkeypatch):
     assert features.default_cache_dir(str(data), "fallback") == "fallback"
     (data / ".cache").rmdir()
     assert features.default_cache_dir(str(data), "fallback") == "fallback"
+
+
+def test_pca_in_row_blocks_equals_pca_of_the_whole_matrix(monkeypatch):
+    x = (np.random.default_rng(3).normal(size=(101, 12)) * np.arange(1, 13) + 5.0).astype(np.float32)
+    before = x.copy()
+    whole = features.pca_reduce(x, 6)
+    monkeypatch.setattr(features, "ROW_BLOCK", 7)   # 15 blocks, the last one short
+    blocks = features.pca_reduce(x, 6)
+    np.testing.assert_allclose(blocks, whole, atol=1e-5)
+    np.testing.assert_array_equal(x, before)   # the input is not centred in place
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(features.pca_reduce(x64, 6), whole, atol=1e-5)
+    np.testing.assert_array_equal(x64, before.astype(np.float64))   # a float64 input is not centred either
+    # and both are the standardised projections on the top principal components
+    centred = x.astype(np.float64) - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    z = centred @ vt[:6].T
+    z /= z.std(axis=0)
+    np.testing.assert_allclose(np.abs(blocks), np.abs(z), atol=1e-4)

@@ -5,6 +5,8 @@
 """
 import math
 
+import pytest
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -89,3 +91,39 @@ def test_to_torch_csr_round_trips():
         np.testing.assert_array_equal(t.to_dense().numpy(), dense)
         x = torch.arange(dense.shape[1] * 2, dtype=torch.float32).reshape(-1, 2)
         np.testing.assert_allclose((t @ x).numpy(), dense @ x.numpy(), rtol=1e-6)
+
+
+def test_knn_neighbours_are_the_most_cosine_similar_other_items_in_any_block_size():
+    from utility.graph import knn_neighbours
+    x = np.random.default_rng(0).normal(size=(23, 5)).astype(np.float32)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    expected = np.argsort(-sims, axis=1, kind="stable")[:, :4]
+    for budget in (23, 50, 1 << 20):                 # one row per block, a few rows, everything at once
+        got = knn_neighbours(x * 3.0, 4, budget=budget)   # cosine: the scale of the features does not matter
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_knn_graph_is_the_symmetrised_sym_normalised_adjacency():
+    from utility.graph import knn_graph
+    neighbours = np.array([[1], [2], [1]])            # 0->1, 1->2, 2->1: edges {0,1}, {1,2}
+    g = knn_graph(neighbours, 3).toarray()
+    a = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=np.float64)
+    d = 1 / np.sqrt(a.sum(1))
+    np.testing.assert_allclose(g, d[:, None] * a * d[None, :], rtol=1e-6)
+    np.testing.assert_allclose(g, g.T)
+
+
+def test_knn_neighbour_lists_are_cached_under_the_features_and_k(tmp_path, monkeypatch):
+    import utility.graph as graph
+    feats = {"image": np.random.default_rng(1).normal(size=(12, 4)).astype(np.float32)}
+    first = graph.cached_knn_graphs(feats, 3, str(tmp_path))
+    assert len(list(tmp_path.glob("knn_image_*.npy"))) == 1
+    monkeypatch.setattr(graph, "knn_neighbours", lambda *a, **k: pytest.fail("recomputed despite the cache"))
+    again = graph.cached_knn_graphs(feats, 3, str(tmp_path))
+    assert (first["image"] != again["image"]).nnz == 0
+    monkeypatch.undo()
+    graph.cached_knn_graphs(feats, 2, str(tmp_path))    # another k: another file
+    assert len(list(tmp_path.glob("knn_image_*.npy"))) == 2

@@ -73,3 +73,33 @@ def test_a_kill_between_the_two_end_of_epoch_writes_still_resumes_exactly(tmp_pa
     (killed,) = (tmp_path / "killed" / os.path.basename(tiny_json)).iterdir()
     assert main.main(["--resume", str(killed)]) == 0
     assert _numbers(killed) == _numbers(straight)
+
+
+def test_student_patience_and_batch_size_are_the_second_stage_own(tmp_path, tiny_json):
+    runs = tmp_path / "runs"
+    code = main.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+                      "--runs_dir", str(runs), "--epoch", "2", "--student_epoch", "60", "--batch_size", "4096",
+                      "--student_batch_size", "64", "--embed_size", "8", "--student_init", "random",
+                      "--early_stopping_patience", "50", "--student_patience", "2", "--no_plot",
+                      "--eval_users", "20"])
+    assert code == 0
+    (folder,) = (runs / os.path.basename(tiny_json)).iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    student = results["student"]
+    assert student["epochs_run"] == student["best_epoch"] + 2 < 60
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["student_batch_size"], config["batch_size"]) == (64, 4096)
+    assert results["eval_users"]["val"] == 20 < results["eval_users"]["val_total"]
+    assert "evaluation on a fixed random sample (--eval_users 20" in (folder / "log.txt").read_text()
+
+
+def test_train_config_of_each_stage_reads_its_own_flags():
+    from utility.config import TrainConfig
+    from utility.parser import parse_args
+    args = parse_args(["--batch_size", "300", "--student_batch_size", "70", "--early_stopping_patience", "9",
+                       "--student_patience", "4", "--lr", "0.5", "--student_lr", "0.25"])
+    teacher, student = TrainConfig.from_args(args, "teacher"), TrainConfig.from_args(args, "student")
+    assert (teacher.batch_size, teacher.patience, teacher.lr) == (300, 9, 0.5)
+    assert (student.batch_size, student.patience, student.lr) == (70, 4, 0.25)
+    args = parse_args(["--batch_size", "300", "--early_stopping_patience", "9"])   # unset: the teacher's values
+    assert (args.student_batch_size, args.student_patience) == (300, 9)

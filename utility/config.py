@@ -24,10 +24,13 @@ class TeacherConfig:
     mm_loss_weight: float = 0.1         # lambda_m
     prompt_loss_weight: float = 0.1     # lambda_p
     reg: float = 1e-4
+    knn_k: int = 0                      # neighbours in each modality's item-item kNN graph (0: none)
+    knn_layers: int = 1                 # hops on those graphs
 
     @classmethod
     def from_args(cls, args):
-        return cls(embed_size=args.embed_size, cf_layers=args.cf_layers, mm_layers=args.mm_layers,
+        return cls(embed_size=args.embed_size, knn_k=args.knn_k, knn_layers=args.knn_layers,
+                   cf_layers=args.cf_layers, mm_layers=args.mm_layers,
                    feat_prompt_weight=args.feat_prompt_weight, emb_prompt_weight=args.emb_prompt_weight,
                    mm_fusion_weight=args.mm_fusion_weight, dropout=args.dropout,
                    prompt_dropout=args.prompt_dropout, item_residual=args.item_residual,
@@ -108,16 +111,18 @@ class TrainConfig:
     eval_every: int = 1
     valid_metric: str = "recall@20"
     nan_policy: str = "stop"
-    max_batches: int = None             # --dry_run: a few batches per epoch
+    max_batches: int = None             # --dry_run, --max_steps_per_epoch: a few batches per epoch
 
     @classmethod
     def from_args(cls, args, stage):
         student = stage == "student"
         return cls(epochs=1 if args.dry_run else (args.student_epoch if student else args.epoch),
-                   lr=args.student_lr if student else args.lr, batch_size=args.batch_size,
-                   weight_decay=args.weight_decay, patience=args.early_stopping_patience,
+                   lr=args.student_lr if student else args.lr,
+                   batch_size=args.student_batch_size if student else args.batch_size,
+                   weight_decay=args.weight_decay,
+                   patience=args.student_patience if student else args.early_stopping_patience,
                    eval_every=args.eval_every, valid_metric=args.valid_metric, nan_policy=args.nan_policy,
-                   max_batches=2 if args.dry_run else None)
+                   max_batches=2 if args.dry_run else args.max_steps_per_epoch)
 
 
 def to_dict(cfg):

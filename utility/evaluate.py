@@ -5,7 +5,7 @@ items, and validation items at test time) are set to -inf by one index assignmen
 K_max are taken with ``torch.topk``, and hits are found by binary search of the top-K
 (user, item) keys among the sorted held-out keys.
 Users are processed in batches sized so that a batch's score block stays within a fixed
-memory budget, whatever the number of items.
+memory budget, with a floor on the batch so that a million items still score many users at once.
 """
 import numpy as np
 import scipy.sparse as sp
@@ -13,7 +13,13 @@ import torch
 
 from utility.metrics import METRIC_FUNCTIONS, metric_sums
 
-SCORE_BUDGET = 1 << 22  # float32 scores per batch (16 MB)
+SCORE_BUDGET = 1 << 22  # float32 scores per batch (16 MB) ...
+MIN_BLOCK_USERS = 64    # ... but at least this many users per batch (256 MB of scores at 10^6 items)
+
+
+def block_users(batch_size, n_items):
+    """Users scored at once: within the score budget, but not a handful at a million items."""
+    return max(1, min(batch_size, max(MIN_BLOCK_USERS, SCORE_BUDGET // max(1, n_items))))
 
 
 def _csr_to_device(mat, device):
@@ -26,10 +32,12 @@ class RankingEvaluator:
     """Ground truth and exclusions of one held-out split, kept on the device across epochs.
 
     ``shard=(rank, world_size)`` keeps every world_size-th evaluated user, so that processes can
-    each evaluate a disjoint part and sum their results.
+    each evaluate a disjoint part and sum their results. ``sample=(n, seed)`` evaluates a fixed
+    random sample of n of the users with held-out items (all of them when there are no more than n),
+    drawn once from ``seed``, so every evaluation of the run sees the same users.
     """
 
-    def __init__(self, truth, exclude, ks, device, batch_size=4096, shard=None, reduce=None):
+    def __init__(self, truth, exclude, ks, device, batch_size=4096, shard=None, reduce=None, sample=None):
         # a canonical copy (sorted column indices, no duplicates): the hit search below needs sorted
         # keys, and sorting in place would reorder the arrays of the caller's matrix
         truth = sp.csr_matrix(truth, copy=True)
@@ -37,6 +45,9 @@ class RankingEvaluator:
         self.n_items = truth.shape[1]
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
         self.n_users_total = int(users.size)
+        if sample is not None and sample[0] < users.size:
+            users = np.sort(np.random.default_rng(sample[1]).choice(users, sample[0], replace=False))
+        self.n_users_sampled = int(users.size)
         if shard is not None:
             users = users[shard[0]::shard[1]]
         self.users = torch.as_tensor(users, dtype=torch.int64, device=device)
@@ -50,7 +61,7 @@ class RankingEvaluator:
         self.truth_keys = rows * self.n_items + truth_idx          # sorted: rows in order, items sorted (canonical)
         self.ks = sorted(set(ks))
         self.device = device
-        self.batch_size = max(1, min(batch_size, SCORE_BUDGET // max(1, self.n_items)))
+        self.batch_size = block_users(batch_size, self.n_items)
         self.reduce = reduce   # sums the totals of all processes (distributed evaluation)
 
     @staticmethod
@@ -130,7 +141,7 @@ def top_unseen_items(user_emb, item_emb, seen, k, batch_size=4096):
     seen = sp.csr_matrix(seen)
     ptr, idx = _csr_to_device(seen, user_emb.device)
     out = torch.empty(n_users, k, dtype=torch.int64, device=user_emb.device)
-    block = max(1, min(batch_size, SCORE_BUDGET // max(1, n_items)))
+    block = block_users(batch_size, n_items)
     for start in range(0, n_users, block):
         end = min(start + block, n_users)
         scores = user_emb[start:end] @ item_emb.T

@@ -35,13 +35,25 @@ def features_key(x, dim):
     return h.hexdigest()[:16]
 
 
-def _noise_floor(x):
+ROW_BLOCK = 1 << 16   # rows of a feature matrix converted to float64 at a time
+
+
+def _row_blocks(x):
+    """float64 copies of consecutive row blocks of ``x`` (never the whole matrix at once); a copy
+    even when ``x`` is float64, so that centring a block in place leaves ``x`` alone."""
+    for start in range(0, x.shape[0], ROW_BLOCK):
+        yield start, np.array(x[start:start + ROW_BLOCK], dtype=np.float64)
+
+
+def _noise_floor(x, sq_sums=None):
     """Std below which a projection of ``x`` cannot be told from the rounding of its entries."""
     x = np.asarray(x)
     eps = np.finfo(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64).eps
     if x.size == 0:
         return 0.0
-    rms = np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=0))
+    if sq_sums is None:
+        sq_sums = sum(np.square(block).sum(axis=0) for _, block in _row_blocks(x))
+    rms = np.sqrt(sq_sums / x.shape[0])
     return NOISE_EPS_FACTOR * eps * float(rms.max())
 
 
@@ -52,22 +64,42 @@ def pca_reduce(x, dim):
     with each component's sign fixed so that its largest loading is positive: same input, same
     output, on any machine. Components whose std is at the rounding-noise level (see
     ``RELATIVE_TOL``) are set to zero, like the padding of a narrow modality.
+
+    The matrix is read in row blocks (``ROW_BLOCK``): sums, then the covariance of the centred
+    rows, then the projections, so the float64 working copy is one block, whatever the item count.
     """
-    floor = _noise_floor(x)
-    x = np.asarray(x, dtype=np.float64)
-    centred = x - x.mean(axis=0)
-    k = min(dim, x.shape[1])
-    cov = centred.T @ centred / max(1, x.shape[0] - 1)
+    x = np.asarray(x)
+    n, width = x.shape
+    k = min(dim, width)
+    sums, sq_sums = np.zeros(width), np.zeros(width)
+    for _, block in _row_blocks(x):
+        sums += block.sum(axis=0)
+        sq_sums += np.square(block).sum(axis=0)
+    floor = _noise_floor(x, sq_sums)
+    mean = sums / max(1, n)
+    cov = np.zeros((width, width))
+    for _, block in _row_blocks(x):
+        block -= mean
+        cov += block.T @ block
+    cov /= max(1, n - 1)
     eigval, eigvec = np.linalg.eigh(cov)
     components = eigvec[:, ::-1][:, :k]
     signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
     components *= np.where(signs == 0, 1.0, signs)
-    z = centred @ components
-    std = z.std(axis=0)
+    out = np.zeros((n, dim), dtype=np.float32)
+    z_sums, z_sq_sums = np.zeros(k), np.zeros(k)
+    for start, block in _row_blocks(x):
+        block -= mean
+        z = block @ components
+        z_sums += z.sum(axis=0)
+        z_sq_sums += np.square(z).sum(axis=0)
+        out[start:start + len(block), :k] = z
+    z_mean = z_sums / max(1, n)
+    std = np.sqrt(np.maximum(z_sq_sums / max(1, n) - np.square(z_mean), 0.0))
     keep = std > max(RELATIVE_TOL * (float(std.max()) if k else 0.0), floor)
-    z = np.where(keep, z / np.where(keep, std, 1.0), 0.0)
-    out = np.zeros((x.shape[0], dim), dtype=np.float32)
-    out[:, :k] = z
+    scale = np.where(keep, 1.0 / np.where(keep, std, 1.0), 0.0).astype(np.float32)
+    for start in range(0, n, ROW_BLOCK):
+        out[start:start + ROW_BLOCK, :k] *= scale
     return out
 
 

@@ -1,4 +1,5 @@
 """Normalised interaction graphs, built once from the training matrix with scipy."""
+import os
 import warnings
 
 import numpy as np
@@ -79,3 +80,65 @@ def build_graphs(train, device):
     mats = dict(norm_ui=norm_ui, norm_iu=norm_iu, user_mean=user_mean, user_mean_t=user_mean.T,
                 item_mean=item_mean, item_mean_t=item_mean.T)
     return {name: to_torch_csr(m).to(device) for name, m in mats.items()}
+
+
+KNN_SCORE_BUDGET = 1 << 26   # similarity scores per block (256 MB) when ranking neighbours
+
+
+def knn_neighbours(feats, k, budget=KNN_SCORE_BUDGET):
+    """(n_items, k) int32: each item's k most cosine-similar other items, best first.
+
+    Rows are scored in blocks of about ``budget`` similarities, so no items x items matrix is formed;
+    the time is that of the full similarity product, O(n_items^2 * d).
+    """
+    x = torch.nn.functional.normalize(torch.as_tensor(np.asarray(feats), dtype=torch.float32), dim=1)
+    n = x.shape[0]
+    k = min(k, n - 1)
+    out = np.empty((n, max(k, 0)), dtype=np.int32)
+    rows = max(1, min(n, budget // max(1, n)))
+    for start in range(0, n if k > 0 else 0, rows):
+        end = min(n, start + rows)
+        sims = x[start:end] @ x.T
+        sims[torch.arange(end - start), torch.arange(start, end)] = -torch.inf   # not its own neighbour
+        out[start:end] = torch.topk(sims, k, dim=1).indices.numpy()
+    return out
+
+
+def knn_graph(neighbours, n_items):
+    """D^-1/2 A D^-1/2 of the symmetrised kNN graph (A_ij = 1 when j is among i's neighbours or i
+    among j's), as a scipy CSR matrix; symmetric, so it is its own transpose."""
+    rows = np.repeat(np.arange(n_items), neighbours.shape[1])
+    a = sp.csr_matrix((np.ones(rows.size), (rows, neighbours.reshape(-1))), shape=(n_items, n_items))
+    a = a.maximum(a.T).tocsr()
+    d = sp.diags(_inv(np.asarray(a.sum(axis=1)).ravel(), 0.5))
+    return (d @ a @ d).tocsr().astype(np.float32)
+
+
+def cached_knn_graphs(modality_feats, k, cache_dir=None):
+    """{modality: normalised kNN graph} of each modality's features; the neighbour lists are cached
+    in ``cache_dir`` under the features' hash and k (like the PCA tokens)."""
+    from utility.features import features_key
+    from utility.run_io import atomic_write
+
+    graphs = {}
+    for name, x in modality_feats.items():
+        file = None if cache_dir is None else os.path.join(cache_dir, f"knn_{name}_{features_key(x, k)}.npy")
+        neighbours = None
+        if file is not None and os.path.exists(file):
+            try:
+                neighbours = np.load(file, allow_pickle=False)
+            except Exception:   # a damaged cache file is rebuilt
+                neighbours = None
+            if neighbours is not None and (neighbours.shape != (x.shape[0], min(k, x.shape[0] - 1))
+                                           or neighbours.min(initial=0) < 0 or neighbours.max(initial=0) >= x.shape[0]):
+                neighbours = None
+        if neighbours is None:
+            neighbours = knn_neighbours(x, k)
+            if file is not None:
+                try:
+                    os.makedirs(cache_dir, exist_ok=True)
+                    atomic_write(file, lambda f: np.save(f, neighbours))
+                except OSError as e:
+                    warnings.warn(f"{cache_dir}: cannot write the kNN cache ({e.strerror}); continuing without it")
+        graphs[name] = knn_graph(neighbours, x.shape[0])
+    return graphs

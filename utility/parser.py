@@ -34,7 +34,7 @@ DATASET_ALIASES = {
 
 # Per-dataset settings, chosen on each dataset's validation split (README, "Design notes").
 PRESETS = {
-    "tiktok": dict(mm_fusion_weight=0.02),
+    "tiktok": dict(mm_fusion_weight=0.02, batch_size=16384, lr=8e-3, student_batch_size=2048, student_patience=5),
     "netflix": dict(),
     "amazon": dict(),
     "movielens": dict(lr=5e-3, early_stopping_patience=10, kd_list_weight=0.1),
@@ -68,6 +68,8 @@ def build_parser():
     g.add_argument("--seed", type=int, default=2024)
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     g.add_argument("--dry_run", action="store_true", help="one epoch of two batches per stage (smoke test)")
+    g.add_argument("--max_steps_per_epoch", type=int, default=None, metavar="N",
+                   help="end every epoch after N steps (scale checks: time a few steps, project the epoch)")
     g.add_argument("--no_plot", action="store_true", help="do not write curves.png into the run folder")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run from RUN_DIR/checkpoint.pt with the run's own config")
@@ -79,8 +81,13 @@ def build_parser():
     g = p.add_argument_group("evaluation")
     g.add_argument("--topk", type=int, nargs="+", default=[10, 20, 40, 50], help="cut-offs K of the metrics")
     g.add_argument("--eval_batch_size", type=int, default=4096, help="users scored at once (capped by memory)")
+    g.add_argument("--no_test", action="store_true",
+                   help="never evaluate the test split (tuning runs select on validation only)")
     g.add_argument("--no_exclude_val", dest="exclude_val", action="store_false",
                    help="do not exclude validation items when testing (what the original code did)")
+    g.add_argument("--eval_users", type=int, default=None, metavar="N",
+                   help="evaluate a fixed random sample of N users of each held-out split (drawn once from "
+                        "--seed; recorded in results.json) instead of all of them: for very large datasets")
     g.add_argument("--eval_every", type=int, default=1, help="evaluate on validation every this many epochs")
     g.add_argument("--verbose", dest="eval_every", type=int, action=_DeprecatedAlias, replacement="--eval_every",
                    help="deprecated alias of --eval_every")
@@ -109,6 +116,10 @@ def build_parser():
     g.add_argument("--prompt_loss_weight", type=float, default=0.1, help="lambda_p: BPR on the prompts")
     g.add_argument("--item_residual", action=argparse.BooleanOptionalAction, default=True,
                    help="add h^m to f_I^m so that items without training interactions keep their content")
+    g.add_argument("--knn_k", type=int, default=0,
+                   help="item-item kNN graph of each modality's features (cosine, k neighbours, symmetrised) "
+                        "added to the modality branch; 0: off")
+    g.add_argument("--knn_layers", type=int, default=1, help="hops on the kNN graphs (with --knn_k)")
     g.add_argument("--no_prompt", action="store_true", help="run both stages without the prompt module")
     g.add_argument("--no_modalities", action="store_true",
                    help="switch the teacher's modality branch off, and with it the prompts built from the "
@@ -123,6 +134,10 @@ def build_parser():
     g.add_argument("--student_hidden", type=int, default=128, help="hidden width of the mlp student")
     g.add_argument("--student_epoch", type=int, default=300, help="maximum distillation epochs")
     g.add_argument("--student_lr", type=float, default=1e-3)
+    g.add_argument("--student_batch_size", type=int, default=None,
+                   help="triples per distillation step (default: --batch_size)")
+    g.add_argument("--student_patience", type=int, default=None,
+                   help="early-stopping patience of stage 2 (default: --early_stopping_patience)")
     g.add_argument("--student_reg", type=float, default=1e-4, help="L2 penalty on the batch's student embeddings")
     g.add_argument("--prompt_lr", type=float, default=None, help="learning rate of the prompts in stage 2 (default: --student_lr)")
     g.add_argument("--neg_sample_num", type=int, default=10, help="K extra negatives per row for list-wise KD")
@@ -166,10 +181,20 @@ def parse_args(argv=None):
         parser.set_defaults(**config_defaults(parser, known.config))
     args = parser.parse_args(argv)
     args.preset = name
+    return resolve_defaults(args)
+
+
+def resolve_defaults(args):
+    """Flags whose default follows another flag get their value (also for a resumed run's config
+    written before such a flag existed)."""
     if args.student_embed_size is None:
         args.student_embed_size = args.embed_size
     if args.prompt_lr is None:
         args.prompt_lr = args.student_lr
+    if args.student_batch_size is None:
+        args.student_batch_size = args.batch_size
+    if args.student_patience is None:
+        args.student_patience = args.early_stopping_patience
     if args.kd_de_weight is None:   # chosen on validation: see docs/design.md, "What distillation transfers"
         args.kd_de_weight = 1.0 if args.student_init == "random" else 0.0
     return args
@@ -225,11 +250,14 @@ def validate_args(args):
     from utility.metrics import METRIC_FUNCTIONS
 
     positive = ("epoch", "batch_size", "embed_size", "mm_layers", "student_epoch", "eval_batch_size",
-                "eval_every", "early_stopping_patience", "student_embed_size", "student_hidden", "kd_rank_k")
+                "eval_every", "early_stopping_patience", "student_embed_size", "student_hidden", "kd_rank_k",
+                "student_batch_size", "student_patience")
+    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
+        raise UserError(f"--max_steps_per_epoch {args.max_steps_per_epoch}: must be at least 1")
     for name in positive:
         if getattr(args, name) < 1:
             raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
-    non_negative = ("cf_layers", "student_layers", "neg_sample_num", "threads", "reg", "student_reg",
+    non_negative = ("knn_k", "knn_layers", "cf_layers", "student_layers", "neg_sample_num", "threads", "reg", "student_reg",
                     "weight_decay", "kd_pair_weight", "kd_list_weight", "kd_emb_weight", "kd_rank_weight", "kd_score_weight",
                     "kd_de_weight",
                     "feat_prompt_weight", "emb_prompt_weight", "mm_fusion_weight", "mm_loss_weight",
@@ -245,6 +273,8 @@ def validate_args(args):
             raise UserError(f"--{name} {getattr(args, name)}: must be in [0, 1)")
     if not args.sce_gamma >= 1:   # below 1, |1 - cos|^gamma has an infinite slope at cos = 1
         raise UserError(f"--sce_gamma {args.sce_gamma}: must be at least 1")
+    if args.eval_users is not None and args.eval_users < 1:
+        raise UserError(f"--eval_users {args.eval_users}: must be at least 1")
     if min(args.topk) < 1:
         raise UserError(f"--topk {args.topk}: every K must be at least 1")
     metric, _, k = args.valid_metric.partition("@")

@@ -48,8 +48,9 @@ def new_run_dir(runs_dir, dataset):
 class Logger:
     """Prints lines to stdout and appends them to ``log.txt`` once the run folder exists."""
 
-    def __init__(self, enabled=True):
+    def __init__(self, enabled=True, echo=True):
         self.enabled = enabled   # False on the non-main ranks of a distributed run
+        self.echo = echo         # False: log.txt only (e.g. the runs of a tuner)
         self.file = None
         self.path = None
         self.pending = []
@@ -67,7 +68,8 @@ class Logger:
     def __call__(self, line=""):
         if not self.enabled:
             return
-        print(line, flush=True)
+        if self.echo:
+            print(line, flush=True)
         if self.file is None:
             self.pending.append(line)
         else:

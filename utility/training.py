@@ -148,6 +148,7 @@ class Run:
     results: dict
     dist: Any = None                  # utility.distributed.Distributed under torchrun
     resume: dict = None               # the checkpoint an interrupted run continues from
+    monitor: Callable = None          # monitor(stage name, epoch, validation score) after each validation
     check_replicas: bool = False
     replica_checks: int = 0           # steps after which every rank was found to hold the same weights
     stop_flag: StopFlag = field(default_factory=StopFlag)
@@ -335,6 +336,8 @@ def end_epoch(stage, run, state, sums, n_batches, seconds):
         record["val"] = run.val_eval(dot_scores(*stage.embeddings()))
         state.eval_seconds.append(time.perf_counter() - start)
         improved = stopper.update(record["val"][cfg.valid_metric], epoch)
+        if run.monitor is not None:   # e.g. a tuner's pruner, which may end the run by raising
+            run.monitor(stage.name, epoch, record["val"][cfg.valid_metric])
         if improved:
             stage.best_models = {k: copy.deepcopy(m.state_dict()) for k, m in stage.modules.items()}
         keys = dict.fromkeys([cfg.valid_metric, "recall@20", "ndcg@20"])
@@ -372,13 +375,17 @@ def finish_stage(stage, run, state):
     if run.check_replicas and run.dist is not None:
         run.log(f"{stage.name}: parameters identical on all ranks after each of {run.replica_checks} steps")
         run.replica_checks = 0
-    run.log(f"{stage.name} best epoch {best_epoch}: val {format_metrics(val)} | test {format_metrics(test)}")
+    run.log(f"{stage.name} best epoch {best_epoch}: val {format_metrics(val)}"
+            + ("" if test is None else f" | test {format_metrics(test)}"))
     return run.results[stage.name]
 
 
 def test_once(name, run, score_fn):
     """The test metrics of a stage's selected model; each test user's Recall@20 and NDCG@20 go to
-    ``<name>_test_per_user.npz`` for paired tests between runs (single-process runs)."""
+    ``<name>_test_per_user.npz`` for paired tests between runs (single-process runs). None, and
+    nothing evaluated, in a run without a test split (--no_test)."""
+    if run.test_eval is None:
+        return None
     test = run.test_eval(score_fn)
     if run.dist is None:
         per_user = run.test_eval.per_user(score_fn)
