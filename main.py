@@ -188,7 +188,8 @@ def distil(setup, ctx, teacher):
     student.eval()
     ctx.results["efficiency"].update(
         student_params=stage.params,
-        student_infer_ms=measure_inference_ms(partial(serve_student, student), setup.ds.n_users, ctx.device))
+        student_infer_ms=measure_inference_ms(partial(serve_student, student), setup.ds.n_users, setup.ds.n_items,
+                                              ctx.device))
 
 
 def report(setup, ctx):
@@ -287,17 +288,28 @@ def serve_student(student, users):
 
 
 def record_teacher_efficiency(ctx, teacher):
-    ctx.results["efficiency"] = dict(teacher_params=count_parameters(teacher), teacher_infer_ms=measure_inference_ms(
-        partial(serve_teacher, teacher), teacher.n_users, ctx.device))
+    ctx.results["efficiency"] = dict(
+        teacher_params=count_parameters(teacher), infer_users=inference_users(teacher.n_users, teacher.n_items),
+        teacher_infer_ms=measure_inference_ms(partial(serve_teacher, teacher), teacher.n_users, teacher.n_items,
+                                              ctx.device))
 
 
-def measure_inference_ms(serve_fn, n_users, device, repeats=5):
-    """Median milliseconds to compute what serving needs and score every item for 1024 users.
+INFER_SCORE_BUDGET = 1 << 28   # scores of the timed serving request (1 GiB): fewer than 1024 users at 10^6 items
+
+
+def inference_users(n_users, n_items):
+    """Users of the timed serving request: 1024, unless their scores would exceed the budget."""
+    return max(1, min(1024, n_users, INFER_SCORE_BUDGET // max(1, n_items)))
+
+
+def measure_inference_ms(serve_fn, n_users, n_items, device, repeats=5):
+    """Median milliseconds to compute what serving needs and score every item for
+    :func:`inference_users` users (1024 on datasets below 262,144 items).
 
     serve_fn(users) -> (embeddings of those users, embeddings of every item), computing everything
     the model needs at serving time (the teacher: its whole forward pass with the modality features).
     """
-    users = torch.arange(min(1024, n_users), device=device)
+    users = torch.arange(inference_users(n_users, n_items), device=device)
     times = []
     with torch.no_grad():
         for _ in range(repeats + 1):

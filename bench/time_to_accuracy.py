@@ -50,6 +50,7 @@ def stage_row(results, stage, target):
     summary, history = results[stage], results[f"{stage}_history"]
     seconds, epoch = time_to_target(history, summary["eval_seconds"], target)
     return dict(seconds=seconds, epoch=epoch, best_val=summary["val"]["recall@20"], best_epoch=summary["best_epoch"],
+                per_epoch=summary["seconds_per_epoch"],
                 epochs_run=summary["epochs_run"], test=summary["test"]["recall@20"],
                 stage_seconds=sum(r["seconds"] for r in history) + summary["eval_seconds"] * sum("val" in r for r in history))
 
@@ -134,14 +135,15 @@ def main(argv=None):
              f"Command: `python bench/time_to_accuracy.py {' '.join(map(shlex.quote, argv or sys.argv[1:]))}`", "",
              "Targets (validation Recall@20): " + ", ".join(f"{s} {t:.4f}" for s, t in targets.items())
              + (f" ({b.fraction:g} of the first run's best)" if not (b.target_teacher or b.target_student) else ""), "",
-             "| setting | seed | " + " | ".join(f"{s}: s to target (epoch) | {s}: s in all | {s}: best val (epoch) / run"
+             "| setting | seed | " + " | ".join(f"{s}: s to target (epoch) | {s}: s in all | {s}: s/epoch | {s}: best val (epoch) / run"
                                                  f" | {s}: test" for s in stages) + " | whole run s |",
-             "|---|---:|" + "---:|" * (4 * len(stages) + 1)]
+             "|---|---:|" + "---:|" * (5 * len(stages) + 1)]
     for row in rows:
         cells = []
         for s in stages:
             r = stage_row(row["results"], s, targets[s])
             cells += [f"{fmt(r['seconds'], '.1f')} ({fmt(r['epoch'], 'd')})", f"{r['stage_seconds']:.1f}",
+                      f"{r['per_epoch']:.2f}",
                       f"{r['best_val']:.4f} ({r['best_epoch']}) / {r['epochs_run']}", f"{r['test']:.4f}"]
         lines.append(f"| {row['label']} | {row['seed']} | " + " | ".join(cells) + f" | {row['wall']:.1f} |")
     lines += ["", "Mean ± sd over the seeds:", "",

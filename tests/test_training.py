@@ -103,3 +103,10 @@ def test_train_config_of_each_stage_reads_its_own_flags():
     assert (student.batch_size, student.patience, student.lr) == (70, 4, 0.25)
     args = parse_args(["--batch_size", "300", "--early_stopping_patience", "9"])   # unset: the teacher's values
     assert (args.student_batch_size, args.student_patience) == (300, 9)
+
+
+def test_timed_serving_request_keeps_its_scores_within_the_budget():
+    assert main.inference_users(5000, 100) == 1024
+    assert main.inference_users(50, 100) == 50
+    assert main.inference_users(2_000_000, 1_000_000) == main.INFER_SCORE_BUDGET // 1_000_000 < 1024
+
