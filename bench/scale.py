@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 import main as promptmm  # noqa: E402
 from data.synthetic import SHAPES, make_synthetic  # noqa: E402
+from utility.run_io import write_report  # noqa: E402
 
 
 def dataset_for(b):
@@ -121,13 +122,7 @@ def main(argv=None):
               f"Test Recall@20 after {done} step(s) per stage: teacher {run['teacher']['test']['recall@20']:.4f}, "
               f"student {run['student']['test']['recall@20']:.4f}, MostPopular "
               f"{run['most_popular']['test']['recall@20']:.4f} (a capacity check, not a result)."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(b.out, exist_ok=True)
-    out = os.path.join(b.out, f"scale-{dataset}-{device}-{datetime.date.today().isoformat()}.md")
-    with open(out, "w") as f:
-        f.write(text)
-    print(f"written {out}")
+    write_report("\n".join(lines) + "\n", b.out, f"scale-{dataset}-{device}-{datetime.date.today().isoformat()}.md")
 
 
 if __name__ == "__main__":

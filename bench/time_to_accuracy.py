@@ -28,6 +28,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from utility.run_io import write_report  # noqa: E402
 
 
 def time_to_target(history, eval_seconds, target, metric="recall@20"):
@@ -157,13 +160,7 @@ def main(argv=None):
         cells = [mean_sd([row["results"][s]["test"]["recall@20"] for row in mine], ".4f") for s in stages]
         lines.append(f"| {label} | {mean_sd(walls, '.1f')} | {base_wall / statistics.mean(walls):.2f}x | "
                      + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(b.out, exist_ok=True)
-    path = os.path.join(b.out, f"tta-{dataset}-{datetime.date.today().isoformat()}.md")
-    with open(path, "w") as f:
-        f.write(text)
-    print(f"written {path}")
+    write_report("\n".join(lines) + "\n", b.out, f"tta-{dataset}-{datetime.date.today().isoformat()}.md")
 
 
 if __name__ == "__main__":

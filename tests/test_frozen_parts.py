@@ -7,21 +7,15 @@ import torch
 
 import Models
 from Models import LightGCNStudent, Teacher
-from tinydata import split_matrix, tiny_splits
+from tinydata import split_matrix, tiny_model_inputs, tiny_splits
 from utility.config import KDConfig, StudentConfig, TeacherConfig
-from utility.features import item_hard_tokens
-from utility.graph import build_graphs, cached_knn_graphs, to_torch_csr
+from utility.graph import cached_knn_graphs, to_torch_csr
 from utility.objectives import student_terms
 
 
 @pytest.fixture(scope="module")
 def setup():
-    train, _, _, feats = tiny_splits()
-    mat = split_matrix(train, 30, 40).tocsr()
-    graphs = build_graphs(mat, torch.device("cpu"))
-    tokens = torch.from_numpy(item_hard_tokens(feats, 8))
-    feats = {m: torch.from_numpy(x) for m, x in feats.items()}
-    return graphs, feats, tokens
+    return tiny_model_inputs()
 
 
 def frozen_teacher(setup, **cfg):
@@ -117,11 +111,10 @@ def test_only_prompt_terms_are_propagated_per_step(setup, monkeypatch):
 
 
 def test_knn_graph_gives_items_without_interactions_their_neighbours_content(setup):
-    _, feats, tokens = setup
-    train, _, _, _ = tiny_splits()
+    train, _, _, feats = tiny_splits()
     mat = split_matrix(train, 30, 40).tolil()
     mat[:, 0] = 0                                   # item 0: nobody trained on it
-    cold_setup = (build_graphs(mat.tocsr(), torch.device("cpu")), feats, tokens)
+    cold_setup = tiny_model_inputs(train_matrix=mat.tocsr())
     plain = frozen_teacher(cold_setup, item_residual=False)
     with_knn = frozen_teacher(cold_setup, item_residual=False, knn_k=3)
     for m in feats:

@@ -8,21 +8,15 @@ from dataclasses import replace
 
 from Models import (LightGCNStudent, MLPStudent, PromptModule, Teacher, build_student, compress_embeddings,
                     count_parameters)
-from tinydata import split_matrix, tiny_splits
+from tinydata import tiny_model_inputs
 from utility.config import KDConfig, StudentConfig, TeacherConfig
-from utility.features import item_hard_tokens
 from utility.graph import build_graphs
 from utility.objectives import student_terms, teacher_terms
 
 
 @pytest.fixture(scope="module")
 def setup():
-    train, _, _, feats = tiny_splits()
-    mat = split_matrix(train, 30, 40).tocsr()
-    graphs = build_graphs(mat, torch.device("cpu"))
-    tokens = torch.from_numpy(item_hard_tokens(feats, 8))
-    feats = {m: torch.from_numpy(x) for m, x in feats.items()}
-    return graphs, feats, tokens, TeacherConfig(embed_size=8)
+    return (*tiny_model_inputs(), TeacherConfig(embed_size=8))
 
 
 def make_teacher(setup, **overrides):

@@ -59,3 +59,17 @@ def write_pickle_dataset(path, train, val, test, feats, n_users, n_items):
     for name, x in feats.items():
         np.save(os.path.join(path, f"{name}_feat.npy"), x.astype(np.float16))
     return path
+
+
+def tiny_model_inputs(token_size=8, train_matrix=None):
+    """(graphs, feature tensors, PCA hard tokens) of the tiny dataset, as the models take them;
+    ``train_matrix`` replaces its training matrix (e.g. with an item nobody trained on)."""
+    import torch
+
+    from utility.features import item_hard_tokens
+    from utility.graph import build_graphs
+    train, _, _, feats = tiny_splits()
+    mat = split_matrix(train, 30, 40).tocsr() if train_matrix is None else train_matrix
+    graphs = build_graphs(mat, torch.device("cpu"))
+    tokens = torch.from_numpy(item_hard_tokens(feats, token_size))
+    return graphs, {m: torch.from_numpy(x) for m, x in feats.items()}, tokens

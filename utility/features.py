@@ -115,6 +115,16 @@ def _load_cached(file, shape):
     return z
 
 
+def save_cached(file, array, what):
+    """Write a cache file atomically; a folder that cannot be written only costs a warning."""
+    folder = os.path.dirname(file)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        atomic_write(file, lambda f: np.save(f, array))
+    except OSError as e:
+        warnings.warn(f"{folder}: cannot write the {what} cache ({e.strerror}); continuing without it")
+
+
 def item_hard_tokens(modality_feats, dim, cache_dir=None):
     """Mean over modalities of each modality's standardised PCA projection: (n_items, dim)."""
     reduced = []
@@ -127,11 +137,7 @@ def item_hard_tokens(modality_feats, dim, cache_dir=None):
         if z is None:
             z = pca_reduce(x, dim)
             if cache_dir is not None:
-                try:
-                    os.makedirs(cache_dir, exist_ok=True)
-                    atomic_write(file, lambda f: np.save(f, z))
-                except OSError as e:
-                    warnings.warn(f"{cache_dir}: cannot write the PCA cache ({e.strerror}); continuing without it")
+                save_cached(file, z, "PCA")
         reduced.append(z)
     return np.mean(reduced, axis=0).astype(np.float32)
 

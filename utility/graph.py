@@ -117,8 +117,7 @@ def knn_graph(neighbours, n_items):
 def cached_knn_graphs(modality_feats, k, cache_dir=None):
     """{modality: normalised kNN graph} of each modality's features; the neighbour lists are cached
     in ``cache_dir`` under the features' hash and k (like the PCA tokens)."""
-    from utility.features import features_key
-    from utility.run_io import atomic_write
+    from utility.features import features_key, save_cached
 
     graphs = {}
     for name, x in modality_feats.items():
@@ -135,10 +134,6 @@ def cached_knn_graphs(modality_feats, k, cache_dir=None):
         if neighbours is None:
             neighbours = knn_neighbours(x, k)
             if file is not None:
-                try:
-                    os.makedirs(cache_dir, exist_ok=True)
-                    atomic_write(file, lambda f: np.save(f, neighbours))
-                except OSError as e:
-                    warnings.warn(f"{cache_dir}: cannot write the kNN cache ({e.strerror}); continuing without it")
+                save_cached(file, neighbours, "kNN")
         graphs[name] = knn_graph(neighbours, x.shape[0])
     return graphs

@@ -90,3 +90,13 @@ class Logger:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def write_report(text, folder, name):
+    """Print a benchmark's markdown report and write it to ``folder/name``."""
+    print(text)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    print(f"written {path}")
+    return path
