@@ -58,3 +58,20 @@ def test_real_tiktok_counts():
 def test_loader_raises_data_error_directly(tmp_path):
     with pytest.raises(DataError, match="dataset folder not found"):
         load_dataset(str(tmp_path / "nowhere"))
+
+
+def test_unfamiliar_modality_names_train_end_to_end_with_knn_graphs(tmp_path):
+    import json
+
+    import main
+    from tinydata import tiny_splits, write_json_dataset
+    train, val, test, feats = tiny_splits()
+    write_json_dataset(str(tmp_path / "mine"), train, val, test, {"metadata": feats["image"], "text": feats["text"]})
+    runs = tmp_path / "runs"
+    assert main.main(["--data_path", str(tmp_path), "--dataset", "mine", "--runs_dir", str(runs), "--dry_run",
+                      "--embed_size", "8", "--knn_k", "3", "--no_plot"]) == 0
+    (run,) = (runs / "mine").iterdir()
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["modalities"]) == {"metadata", "text"}
+    assert "item-item kNN graphs" in results["setup_seconds"]
+    assert len(list((tmp_path / "mine" / ".cache").glob("knn_*.npy"))) == 2   # one neighbour list per modality
