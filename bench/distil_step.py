@@ -1,7 +1,7 @@
 """Distillation step time with the teacher's frozen parts propagated once, against the straightforward
 forward pass, interleaved in one process.
 
-    python bench/distil_step.py [--like tiktok | --data_path ../shared/data --dataset tiktok]
+    python bench/distil_step.py [--like tiktok | --data_path data --dataset tiktok]
                                 [--student_batch_size 2048] [--steps 10] [--rounds 5] [--threads 1]
                                 [--no_prompt | --emb_prompt_weight 0 ...]
 

@@ -1,6 +1,6 @@
 """Wall-clock time for each stage to reach a validation Recall@20, for several settings side by side.
 
-    python bench/time_to_accuracy.py --data_path ../shared/data --dataset tiktok \
+    python bench/time_to_accuracy.py --data_path data --dataset tiktok \
         --baseline_rev 04ef2d8 --settings "" "batch_size=8192 lr=4e-3" [--threads 2] [main.py flags]
 
 Each setting is a space-separated list of ``flag=value`` pairs added to the common main.py flags
