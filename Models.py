@@ -170,7 +170,7 @@ class Teacher(nn.Module):
         if self.cfg.item_residual:
             item = item + h
         knn = getattr(self, f"knn_{name}", None)
-        if knn is not None and self.cfg.knn_k:
+        if knn is not None and self.cfg.knn_k and self.cfg.knn_layers:
             similar = h
             for _ in range(self.cfg.knn_layers):
                 similar = spmm(knn, knn, similar)                     # S_m is symmetric: its own transpose

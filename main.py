@@ -387,21 +387,26 @@ def check_student_flags(args, teacher_cfg):
             raise UserError(f"--results_json {args.results_json}: cannot write into {folder}")
 
 
+def cache_dir(args, ds):
+    """Where derived inputs (PCA tokens, kNN neighbour lists) are cached: beside the data, or under
+    the runs folder when the data's folder is read-only."""
+    return default_cache_dir(ds.path, os.path.join(args.runs_dir, ".cache", args.dataset))
+
+
 def hard_tokens(args, ds, dim, log):
-    """The items' PCA hard tokens, cached beside the data (or under the runs folder)."""
-    cache_dir = default_cache_dir(ds.path, os.path.join(args.runs_dir, ".cache", args.dataset))
+    """The items' PCA hard tokens, cached (:func:`cache_dir`)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tokens = item_hard_tokens(ds.modality_feats, dim, cache_dir)
+        tokens = item_hard_tokens(ds.modality_feats, dim, cache_dir(args, ds))
     for w in caught:
         log.warn(str(w.message))
     return tokens
 
 
 def knn_graphs(args, ds, k, device):
-    """{"knn_<modality>": its normalised item-item kNN graph}, the neighbour lists cached like the tokens."""
-    cache_dir = default_cache_dir(ds.path, os.path.join(args.runs_dir, ".cache", args.dataset))
-    return {f"knn_{m}": to_torch_csr(g).to(device) for m, g in cached_knn_graphs(ds.modality_feats, k, cache_dir).items()}
+    """{"knn_<modality>": its normalised item-item kNN graph}, the neighbour lists cached (:func:`cache_dir`)."""
+    graphs = cached_knn_graphs(ds.modality_feats, k, cache_dir(args, ds))
+    return {f"knn_{m}": to_torch_csr(g).to(device) for m, g in graphs.items()}
 
 
 def data_signature(ds):

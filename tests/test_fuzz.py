@@ -160,6 +160,7 @@ FLAG_CASES = {
     "unknown selection metric": (["--valid_metric", "mrr@20"], "--valid_metric", "expected NAME@K"),
     "sce gamma below one": (["--sce_gamma", "0.5"], "--sce_gamma", "at least 1"),
     "eval every zero": (["--eval_every", "0"], "--eval_every", "at least 1"),
+    "kNN graphs of zero hops": (["--knn_k", "5", "--knn_layers", "0"], "--knn_layers", "at least 1"),
     "dropout one": (["--dropout", "1"], "--dropout", "[0, 1)"),
     "list KD without negatives": (["--neg_sample_num", "0"], "--neg_sample_num", "extra negative"),
     "missing dataset folder": (["--dataset", "nowhere"], "nowhere", "dataset folder not found"),

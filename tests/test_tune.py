@@ -10,7 +10,7 @@ from scripts import tune  # noqa: E402
 from utility.parser import parse_args  # noqa: E402
 
 
-def test_search_space_draws_each_flag_within_its_range():
+def test_search_space_names_main_flags_and_the_untuned_start_is_clipped_into_it():
     trial = optuna.trial.FixedTrial({"lr": 1e-3, "reg": 1e-4, "dropout": 0.1, "cf_layers": 2, "mm_layers": 1,
                                      "mm_fusion_weight": 0.5, "feat_prompt_weight": 0.1, "emb_prompt_weight": 0.1,
                                      "mm_loss_weight": 0.1, "prompt_loss_weight": 0.1})

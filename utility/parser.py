@@ -253,13 +253,13 @@ def validate_args(args):
 
     positive = ("epoch", "batch_size", "embed_size", "mm_layers", "student_epoch", "eval_batch_size",
                 "eval_every", "early_stopping_patience", "student_embed_size", "student_hidden", "kd_rank_k",
-                "student_batch_size", "student_patience")
+                "student_batch_size", "student_patience", "knn_layers")
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
         raise UserError(f"--max_steps_per_epoch {args.max_steps_per_epoch}: must be at least 1")
     for name in positive:
         if getattr(args, name) < 1:
             raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
-    non_negative = ("knn_k", "knn_layers", "cf_layers", "student_layers", "neg_sample_num", "threads", "reg", "student_reg",
+    non_negative = ("knn_k", "cf_layers", "student_layers", "neg_sample_num", "threads", "reg", "student_reg",
                     "weight_decay", "kd_pair_weight", "kd_list_weight", "kd_emb_weight", "kd_rank_weight", "kd_score_weight",
                     "kd_de_weight",
                     "feat_prompt_weight", "emb_prompt_weight", "mm_fusion_weight", "mm_loss_weight",
