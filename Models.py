@@ -170,11 +170,24 @@ class Teacher(nn.Module):
         if self.cfg.item_residual:
             item = item + h
         knn = getattr(self, f"knn_{name}", None)
-        if knn is not None and self.cfg.knn_k and self.cfg.knn_layers:
-            similar = h
-            for _ in range(self.cfg.knn_layers):
-                similar = spmm(knn, knn, similar)                     # S_m is symmetric: its own transpose
-            item = item + similar
+        if knn is not None and self.cfg.knn_k and self.cfg.knn_on in ("features", "both"):
+            item = item + self.knn_propagate(knn, h)
+        return user, item
+
+    def knn_propagate(self, knn, x):
+        """S^L x over an item-item kNN graph S (symmetric: its own transpose)."""
+        for _ in range(self.cfg.knn_layers):
+            x = spmm(knn, knn, x)
+        return x
+
+    def propagate_cf(self, ego_user, ego_item):
+        """The CF branch: LightGCN on the ID embeddings. With ``--knn_on ids`` (or both) the items
+        also gain S̄^L e_I, their ID embeddings smoothed over the mean of the modalities' kNN graphs,
+        so that items with similar content share collaborative signal (as in FREEDOM)."""
+        user, item = lightgcn_propagate(self.norm_ui, self.norm_iu, ego_user, ego_item, self.cfg.cf_layers)
+        knn = getattr(self, "knn_mean", None)
+        if knn is not None and self.cfg.knn_k and self.cfg.knn_on in ("ids", "both"):
+            item = item + self.knn_propagate(knn, ego_item)
         return user, item
 
     def forward(self):
@@ -185,7 +198,7 @@ class Teacher(nn.Module):
         if prompt_user is not None and self.cfg.emb_prompt_weight:
             ego_user = ego_user + self.cfg.emb_prompt_weight * F.normalize(prompt_user, dim=1)
             ego_item = ego_item + self.cfg.emb_prompt_weight * F.normalize(prompt_item, dim=1)
-        cf_user, cf_item = lightgcn_propagate(self.norm_ui, self.norm_iu, ego_user, ego_item, self.cfg.cf_layers)
+        cf_user, cf_item = self.propagate_cf(ego_user, ego_item)
         mm_user, mm_item = {}, {}
         for name in self.modalities:
             mm_user[name], mm_item[name] = self.propagate_modality(self.reduce_features(name, prompt_item), name)
@@ -213,8 +226,7 @@ class Teacher(nn.Module):
     def _propagate_frozen_parts(self):
         """LightGCN(E) of the CF branch and GNN(X^m W_m + b_m) of each modality branch, once."""
         with torch.no_grad():
-            user, item = lightgcn_propagate(self.norm_ui, self.norm_iu, self.user_emb, self.item_emb,
-                                            self.cfg.cf_layers)
+            user, item = self.propagate_cf(self.user_emb, self.item_emb)
             self.register_buffer("frozen_cf_user", user, persistent=False)
             self.register_buffer("frozen_cf_item", item, persistent=False)
             for name in self.modalities:
@@ -234,8 +246,7 @@ class Teacher(nn.Module):
         prompt_user, prompt_item = self.prompts()
         cf_user, cf_item = self.frozen_cf_user, self.frozen_cf_item
         if prompt_user is not None and self.cfg.emb_prompt_weight:
-            lift_user, lift_item = lightgcn_propagate(self.norm_ui, self.norm_iu, F.normalize(prompt_user, dim=1),
-                                                      F.normalize(prompt_item, dim=1), self.cfg.cf_layers)
+            lift_user, lift_item = self.propagate_cf(F.normalize(prompt_user, dim=1), F.normalize(prompt_item, dim=1))
             cf_user = cf_user + self.cfg.emb_prompt_weight * lift_user
             cf_item = cf_item + self.cfg.emb_prompt_weight * lift_item
         mm_user, mm_item = {}, {}

@@ -29,7 +29,7 @@ from utility.distributed import Distributed, exit_without_finalizing, launched_b
 from utility.errors import UserError
 from utility.evaluate import RankingEvaluator, dot_scores, top_unseen_items
 from utility.features import default_cache_dir, item_hard_tokens
-from utility.graph import build_graphs, cached_knn_graphs, to_torch_csr
+from utility.graph import build_graphs, cached_knn_graphs, knn_tensors
 from utility.load_data import JSON_FILES, PICKLE_FILES, load_dataset
 from utility.objectives import student_terms, teacher_terms
 from utility.parser import build_parser, parse_args, resolve_defaults, validate_args
@@ -357,10 +357,11 @@ def seed_everything(seed):
 def dataset_folder(args):
     """The dataset's folder, building the default movielens data the first time it is asked for."""
     path = os.path.join(args.data_path, args.dataset)
-    if args.dataset == "movielens":
+    from data.prepare import SPLITS
+    if args.dataset in SPLITS.values():
         from data.prepare import DatasetBuildError, ensure_dataset
         try:
-            path = str(ensure_dataset("movielens", args.data_path))
+            path = str(ensure_dataset(args.dataset, args.data_path))
         except DatasetBuildError as e:
             raise UserError(str(e)) from None
     return path
@@ -404,9 +405,10 @@ def hard_tokens(args, ds, dim, log):
 
 
 def knn_graphs(args, ds, k, device):
-    """{"knn_<modality>": its normalised item-item kNN graph}, the neighbour lists cached (:func:`cache_dir`)."""
-    graphs = cached_knn_graphs(ds.modality_feats, k, cache_dir(args, ds))
-    return {f"knn_{m}": to_torch_csr(g).to(device) for m, g in graphs.items()}
+    """{"knn_<modality>": its normalised item-item kNN graph, "knn_mean": their mean}, the neighbour
+    lists cached (:func:`cache_dir`)."""
+    graphs = knn_tensors(cached_knn_graphs(ds.modality_feats, k, cache_dir(args, ds)))
+    return {name: g.to(device) for name, g in graphs.items()}
 
 
 def data_signature(ds):

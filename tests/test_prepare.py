@@ -247,3 +247,23 @@ def test_cli_skips_up_to_date_dataset(data_path, dataset_dir, capsys):
     prepare.main(["movielens", "--data_path", str(data_path), "--seed", str(SEED)])
     assert "up to date" in capsys.readouterr().out
     assert _mtimes(dataset_dir) == before
+
+
+def test_temporal_split_sends_each_users_newest_items_to_test_and_the_ones_before_to_val():
+    # user 0 rated items 0..9 at times 90, 80, ..., 0 (item 9 oldest); user 1 rated 3 items, two at one time
+    users = np.array([0] * 10 + [1] * 3)
+    items = np.array(list(range(10)) + [7, 2, 5])
+    times = np.array([90 - 10 * i for i in range(10)] + [5, 9, 9])
+    train, val, test = prepare.split_per_user_temporal(users, items, times, 2)
+    assert test[0] == [0] and val[0] == [1] and train[0] == list(range(2, 10))   # 1 of 10 each, newest last
+    assert train[1] == [7] and val[1] == [2] and test[1] == [5]       # a tie in time is ordered by item id
+    with pytest.raises(prepare.DatasetBuildError, match="user 0 has only 2 items"):
+        prepare.split_per_user_temporal(np.array([0, 0]), np.array([1, 2]), np.array([1, 2]), 1)
+
+
+def test_temporal_build_parameters_differ_and_name_their_folder():
+    assert prepare.SPLITS["temporal"] == "movielens-temporal"
+    temporal = prepare.build_parameters(split="temporal")
+    assert temporal != prepare.build_parameters() and "seed" not in temporal and "time" in temporal["split_rule"]
+    with pytest.raises(prepare.DatasetBuildError, match="split must be one of"):
+        prepare.prepare_movielens("unused", split="weekly")

@@ -26,10 +26,11 @@ class TeacherConfig:
     reg: float = 1e-4
     knn_k: int = 0                      # neighbours in each modality's item-item kNN graph (0: none)
     knn_layers: int = 1                 # hops on those graphs
+    knn_on: str = "features"            # what they propagate: "features", "ids" or "both"
 
     @classmethod
     def from_args(cls, args):
-        return cls(embed_size=args.embed_size, knn_k=args.knn_k, knn_layers=args.knn_layers,
+        return cls(embed_size=args.embed_size, knn_k=args.knn_k, knn_layers=args.knn_layers, knn_on=args.knn_on,
                    cf_layers=args.cf_layers, mm_layers=args.mm_layers,
                    feat_prompt_weight=args.feat_prompt_weight, emb_prompt_weight=args.emb_prompt_weight,
                    mm_fusion_weight=args.mm_fusion_weight, dropout=args.dropout,

@@ -60,7 +60,7 @@ def build_parser():
                    help="flag values from a JSON object {flag: value} (e.g. a tuned best.json); "
                         "they override the preset, and flags on the command line override them")
     g.add_argument("--preset", default=None,
-                   help="use this dataset's preset for a folder of another name (default: from --dataset)")
+                   help="use this dataset's preset for a folder of another name, or none (default: from --dataset)")
     g.add_argument("--runs_dir", default="runs", help="each run writes runs_dir/<dataset>/<timestamp>/")
     g.add_argument("--results_json", default=None, help="also write results.json to this path")
     g.add_argument("--stage", choices=["teacher", "student", "all"], default="all",
@@ -121,6 +121,9 @@ def build_parser():
                    help="item-item kNN graph of each modality's features (cosine, k neighbours, symmetrised) "
                         "added to the modality branch; 0: off")
     g.add_argument("--knn_layers", type=int, default=1, help="hops on the kNN graphs (with --knn_k)")
+    g.add_argument("--knn_on", choices=["features", "ids", "both"], default="features",
+                   help="the kNN graphs smooth each modality's reduced features, the item ID embeddings "
+                        "(over the modalities' mean graph), or both")
     g.add_argument("--no_prompt", action="store_true", help="run both stages without the prompt module")
     g.add_argument("--no_modalities", action="store_true",
                    help="switch the teacher's modality branch off, and with it the prompts built from the "
@@ -174,8 +177,8 @@ def parse_args(argv=None):
     """Parse flags; a dataset's preset overrides the defaults, explicit flags override both."""
     parser = build_parser()
     known, _ = parser.parse_known_args(argv)
-    name = preset_name(known.preset or known.dataset)
-    if known.preset is not None and name is None:
+    name = None if known.preset == "none" else preset_name(known.preset or known.dataset)
+    if known.preset not in (None, "none") and name is None:
         raise UserError(f"--preset {known.preset}: unknown preset (choose from {', '.join(sorted(PRESETS))})")
     if name is not None:
         parser.set_defaults(**PRESETS[name])
