@@ -333,31 +333,19 @@ class MLPStudent(_IDEmbeddings):
 
 
 class LightGCNStudent(_IDEmbeddings):
-    """ID embeddings propagated on the symmetric-normalised graph (LightGCN).
+    """ID embeddings propagated on the symmetric-normalised graph (LightGCN)."""
 
-    With ``knn`` (an items x items graph S, symmetric) the items also gain S^L e_I, their ID
-    embeddings smoothed over content-similar items, as in the teacher's ``--knn_on ids``. The graph
-    is data, not parameters: a served student precomputes its item embeddings.
-    """
-
-    def __init__(self, norm_ui, norm_iu, embed_size=64, n_layers=2, knn=None, knn_layers=1):
+    def __init__(self, norm_ui, norm_iu, embed_size=64, n_layers=2):
         super().__init__()
         self.n_users, self.n_items = norm_ui.shape
-        self.n_layers, self.knn_layers = n_layers, knn_layers
+        self.n_layers = n_layers
         self.register_buffer("norm_ui", norm_ui, persistent=False)
         self.register_buffer("norm_iu", norm_iu, persistent=False)
-        self.register_buffer("knn", knn, persistent=False)    # None: no kNN smoothing
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, embed_size)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, embed_size)))
 
     def forward(self):
-        user, item = lightgcn_propagate(self.norm_ui, self.norm_iu, self.user_emb, self.item_emb, self.n_layers)
-        if self.knn is not None:
-            similar = self.item_emb
-            for _ in range(self.knn_layers):
-                similar = spmm(self.knn, self.knn, similar)
-            item = item + similar
-        return user, item
+        return lightgcn_propagate(self.norm_ui, self.norm_iu, self.user_emb, self.item_emb, self.n_layers)
 
     def lookup(self, users, *items):
         """(user rows, item table, the item index tensors): one propagation gives every item."""
@@ -382,8 +370,7 @@ def build_student(cfg: StudentConfig, n_users, n_items, graphs=None):
     if cfg.model_type == "mlp":
         return MLPStudent(n_users, n_items, cfg.embed_size, cfg.hidden)
     if cfg.model_type == "lightgcn":
-        knn = graphs["knn_mean"] if cfg.knn else None
-        return LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], cfg.embed_size, cfg.n_layers, knn, cfg.knn_layers)
+        return LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], cfg.embed_size, cfg.n_layers)
     raise ValueError(f"unknown student kind {cfg.model_type!r}")
 
 

@@ -441,18 +441,3 @@ def test_de_kd_regresses_the_fused_teacher_embeddings(setup):
     items = torch.stack([pos, neg], 1)
     item_part = (s_item[items] - out.item[items]).pow(2).sum(-1).mean()
     assert terms["de_kd"].item() == pytest.approx(0.5 * (user_part + item_part).item() / 2, rel=1e-5)
-
-
-def test_lightgcn_student_with_knn_adds_its_item_embeddings_smoothed_over_the_graph():
-    from utility.graph import knn_tensors
-    graphs = build_graphs(sp_eye(3, 4), torch.device("cpu"))
-    s = sp.csr_matrix(np.array([[0, .5, 0, 0], [.5, 0, .2, 0], [0, .2, 0, 1.], [0, 0, 1., 0]], dtype=np.float32))
-    graphs.update(knn_tensors({"text": s}))
-    plain = build_student(StudentConfig(model_type="lightgcn", embed_size=6), 3, 4, graphs)
-    with_knn = build_student(StudentConfig(model_type="lightgcn", embed_size=6, knn=True, knn_layers=2), 3, 4, graphs)
-    with_knn.load_state_dict(plain.state_dict())
-    dense = torch.tensor(s.toarray())
-    (user, item), (user_k, item_k) = plain(), with_knn()
-    torch.testing.assert_close(user_k, user)
-    torch.testing.assert_close(item_k - item, dense @ dense @ plain.item_emb.detach())   # two hops
-    assert count_parameters(with_knn) == count_parameters(plain)          # the graph is data

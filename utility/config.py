@@ -51,14 +51,12 @@ class StudentConfig:
     hidden: int = 128                   # MLP hidden width (mlp)
     init: str = "teacher"               # "teacher" or "random"
     reg: float = 1e-4
-    knn: bool = False                   # lightgcn: items also smoothed over the mean kNN graph
-    knn_layers: int = 1
 
     @classmethod
     def from_args(cls, args):
         return cls(model_type=args.student_model_type, embed_size=args.student_embed_size,
                    n_layers=args.student_layers, hidden=args.student_hidden, init=args.student_init,
-                   reg=args.student_reg, knn=args.student_knn, knn_layers=args.knn_layers)
+                   reg=args.student_reg)
 
 
 @dataclass(frozen=True)

@@ -135,9 +135,6 @@ def build_parser():
     g.add_argument("--student_init", choices=["teacher", "random"], default="teacher")
     g.add_argument("--student_embed_size", type=int, default=None, help="default: --embed_size")
     g.add_argument("--student_layers", type=int, default=2, help="LightGCN layers of the lightgcn student")
-    g.add_argument("--student_knn", action=argparse.BooleanOptionalAction, default=False,
-                   help="the lightgcn student's items are also smoothed over the modalities' mean kNN graph "
-                        "(needs --knn_k; no parameters added)")
     g.add_argument("--student_hidden", type=int, default=128, help="hidden width of the mlp student")
     g.add_argument("--student_epoch", type=int, default=300, help="maximum distillation epochs")
     g.add_argument("--student_lr", type=float, default=1e-3)
@@ -281,10 +278,6 @@ def validate_args(args):
             raise UserError(f"--{name} {getattr(args, name)}: must be in [0, 1)")
     if not args.sce_gamma >= 1:   # below 1, |1 - cos|^gamma has an infinite slope at cos = 1
         raise UserError(f"--sce_gamma {args.sce_gamma}: must be at least 1")
-    if args.student_knn and not args.knn_k:
-        raise UserError("--student_knn: needs the kNN graphs of --knn_k K (K > 0)")
-    if args.student_knn and args.student_model_type != "lightgcn":
-        raise UserError("--student_knn: only the lightgcn student propagates on graphs")
     if args.eval_users is not None and args.eval_users < 1:
         raise UserError(f"--eval_users {args.eval_users}: must be at least 1")
     if min(args.topk) < 1:
