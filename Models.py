@@ -103,6 +103,8 @@ class Teacher(nn.Module):
         self.cfg = cfg
         self.n_users, self.n_items = graphs["user_mean"].shape
         self.modalities = list(modality_feats) if cfg.use_modalities else []
+        if cfg.knn_k and self.modalities and not {"knn_mean", *(f"knn_{m}" for m in self.modalities)} <= set(graphs):
+            raise ValueError("knn_k > 0 needs the kNN graphs of every modality and their mean (utility.graph.knn_tensors)")
         for name, graph in graphs.items():
             self.register_buffer(name, graph, persistent=False)
         for name in self.modalities:

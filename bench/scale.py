@@ -79,7 +79,8 @@ def main(argv=None):
              "--seed", str(b.seed)]
     flags += ["--max_steps_per_epoch", str(b.steps)] if b.steps else []
     flags += ["--eval_users", str(b.eval_users)] if b.eval_users else []
-    flags += extra
+    # The exact item-item kNN graphs cost O(items^2 d) to find (docs/performance.md): hours at 10^6 items.
+    flags += ["--knn_k", "0"] + extra
     with tempfile.TemporaryDirectory() as runs:
         results_file = os.path.join(runs, "results.json")
         start = time.perf_counter()

@@ -24,6 +24,8 @@ class TeacherConfig:
     mm_loss_weight: float = 0.1         # lambda_m
     prompt_loss_weight: float = 0.1     # lambda_p
     reg: float = 1e-4
+    # The kNN fields keep the values of checkpoints written before they existed (the flags' defaults
+    # are --knn_k 10 --knn_on ids); a Teacher with knn_k > 0 needs the graphs (main.knn_graphs).
     knn_k: int = 0                      # neighbours in each modality's item-item kNN graph (0: none)
     knn_layers: int = 1                 # hops on those graphs
     knn_on: str = "features"            # what they propagate: "features", "ids" or "both"

@@ -3,6 +3,7 @@ import os
 import warnings
 
 import numpy as np
+from tqdm import tqdm
 import scipy.sparse as sp
 import torch
 
@@ -96,7 +97,8 @@ def knn_neighbours(feats, k, budget=KNN_SCORE_BUDGET):
     k = min(k, n - 1)
     out = np.empty((n, max(k, 0)), dtype=np.int32)
     rows = max(1, min(n, budget // max(1, n)))
-    for start in range(0, n if k > 0 else 0, rows):
+    starts = range(0, n if k > 0 else 0, rows)
+    for start in tqdm(starts, desc="kNN neighbours", unit="block", leave=False, disable=len(starts) < 8):
         end = min(n, start + rows)
         sims = x[start:end] @ x.T
         sims[torch.arange(end - start), torch.arange(start, end)] = -torch.inf   # not its own neighbour

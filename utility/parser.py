@@ -35,10 +35,10 @@ DATASET_ALIASES = {
 # Per-dataset settings, chosen on each dataset's validation split (README, "Design notes").
 PRESETS = {
     "tiktok": dict(mm_fusion_weight=0.02, batch_size=16384, lr=8e-3, student_batch_size=2048, student_patience=5,
-                   kd_list_weight=1.0),
+                   kd_list_weight=1.0, knn_k=0),
     "netflix": dict(),
     "amazon": dict(),
-    "movielens": dict(lr=5e-3, early_stopping_patience=10),
+    "movielens": dict(lr=5e-3, early_stopping_patience=10, knn_k=0),
 }
 
 
@@ -117,11 +117,11 @@ def build_parser():
     g.add_argument("--prompt_loss_weight", type=float, default=0.1, help="lambda_p: BPR on the prompts")
     g.add_argument("--item_residual", action=argparse.BooleanOptionalAction, default=True,
                    help="add h^m to f_I^m so that items without training interactions keep their content")
-    g.add_argument("--knn_k", type=int, default=0,
-                   help="item-item kNN graph of each modality's features (cosine, k neighbours, symmetrised) "
-                        "added to the modality branch; 0: off")
+    g.add_argument("--knn_k", type=int, default=10,
+                   help="item-item kNN graph of each modality's features (cosine, k neighbours, symmetrised); "
+                        "0: off. Chosen across datasets on validation (docs/design.md)")
     g.add_argument("--knn_layers", type=int, default=1, help="hops on the kNN graphs (with --knn_k)")
-    g.add_argument("--knn_on", choices=["features", "ids", "both"], default="features",
+    g.add_argument("--knn_on", choices=["features", "ids", "both"], default="ids",
                    help="the kNN graphs smooth each modality's reduced features, the item ID embeddings "
                         "(over the modalities' mean graph), or both")
     g.add_argument("--no_prompt", action="store_true", help="run both stages without the prompt module")
