@@ -171,9 +171,8 @@ class Teacher(nn.Module):
             item = spmm(self.item_mean, self.item_mean_t, user)      # Abar_iu f_U
         if self.cfg.item_residual:
             item = item + h
-        knn = getattr(self, f"knn_{name}", None)
-        if knn is not None and self.cfg.knn_k and self.cfg.knn_on in ("features", "both"):
-            item = item + self.knn_propagate(knn, h)
+        if self.cfg.knn_k and self.cfg.knn_on in ("features", "both"):
+            item = item + self.knn_propagate(getattr(self, f"knn_{name}"), h)
         return user, item
 
     def knn_propagate(self, knn, x):
@@ -187,9 +186,8 @@ class Teacher(nn.Module):
         also gain S̄^L e_I, their ID embeddings smoothed over the mean of the modalities' kNN graphs,
         so that items with similar content share collaborative signal (as in FREEDOM)."""
         user, item = lightgcn_propagate(self.norm_ui, self.norm_iu, ego_user, ego_item, self.cfg.cf_layers)
-        knn = getattr(self, "knn_mean", None)
-        if knn is not None and self.cfg.knn_k and self.cfg.knn_on in ("ids", "both"):
-            item = item + self.knn_propagate(knn, ego_item)
+        if self.cfg.knn_k and self.modalities and self.cfg.knn_on in ("ids", "both"):
+            item = item + self.knn_propagate(self.knn_mean, ego_item)
         return user, item
 
     def forward(self):

@@ -250,45 +250,40 @@ def _holdout_size(n_items: int, fraction: float) -> int:
     return max(1, int(math.floor(fraction * n_items + 0.5)))
 
 
-def split_per_user(user_idx: np.ndarray, item_idx: np.ndarray, n_users: int, seed: int):
-    """Random per-user train/val/test split; returns three dicts user id -> sorted items."""
-    rng = np.random.default_rng(seed)
-    order = np.lexsort((item_idx, user_idx))
+def _cut(user: int, items: np.ndarray):
+    """(train, val, test) sorted lists of one user's ``items``, ordered so that the first
+    ``n_test`` go to test and the next ``n_val`` to val."""
+    n_val = _holdout_size(len(items), SPLIT_FRACTIONS["val"])
+    n_test = _holdout_size(len(items), SPLIT_FRACTIONS["test"])
+    if len(items) < n_val + n_test + 1:
+        raise DatasetBuildError(
+            f"user {user} has only {len(items)} items; every split needs at least one"
+        )
+    return (sorted(int(i) for i in items[n_test + n_val:]), sorted(int(i) for i in items[n_test:n_test + n_val]),
+            sorted(int(i) for i in items[:n_test]))
+
+
+def _split_users(user_idx: np.ndarray, item_idx: np.ndarray, order: np.ndarray, n_users: int, arrange):
+    """Three dicts user id -> sorted items; ``order`` groups the interactions by user, and
+    ``arrange(items)`` puts a user's items in the order :func:`_cut` takes them."""
     boundaries = np.searchsorted(user_idx[order], np.arange(n_users + 1))
     train, val, test = {}, {}, {}
     for user in range(n_users):
-        items = item_idx[order[boundaries[user]:boundaries[user + 1]]]
-        n_val = _holdout_size(len(items), SPLIT_FRACTIONS["val"])
-        n_test = _holdout_size(len(items), SPLIT_FRACTIONS["test"])
-        if len(items) < n_val + n_test + 1:
-            raise DatasetBuildError(
-                f"user {user} has only {len(items)} items; every split needs at least one"
-            )
-        shuffled = rng.permutation(items)
-        test[user] = sorted(int(i) for i in shuffled[:n_test])
-        val[user] = sorted(int(i) for i in shuffled[n_test:n_test + n_val])
-        train[user] = sorted(int(i) for i in shuffled[n_test + n_val:])
+        items = arrange(item_idx[order[boundaries[user]:boundaries[user + 1]]])
+        train[user], val[user], test[user] = _cut(user, items)
     return train, val, test
+
+
+def split_per_user(user_idx: np.ndarray, item_idx: np.ndarray, n_users: int, seed: int):
+    """Random per-user train/val/test split; returns three dicts user id -> sorted items."""
+    rng = np.random.default_rng(seed)
+    return _split_users(user_idx, item_idx, np.lexsort((item_idx, user_idx)), n_users, rng.permutation)
 
 
 def split_per_user_temporal(user_idx: np.ndarray, item_idx: np.ndarray, timestamp: np.ndarray, n_users: int):
     """Per-user split by time: the newest items to test, the ones before them to val."""
-    order = np.lexsort((item_idx, timestamp, user_idx))
-    boundaries = np.searchsorted(user_idx[order], np.arange(n_users + 1))
-    train, val, test = {}, {}, {}
-    for user in range(n_users):
-        items = item_idx[order[boundaries[user]:boundaries[user + 1]]]  # oldest first
-        n_val = _holdout_size(len(items), SPLIT_FRACTIONS["val"])
-        n_test = _holdout_size(len(items), SPLIT_FRACTIONS["test"])
-        if len(items) < n_val + n_test + 1:
-            raise DatasetBuildError(
-                f"user {user} has only {len(items)} items; every split needs at least one"
-            )
-        n_train = len(items) - n_val - n_test
-        train[user] = sorted(int(i) for i in items[:n_train])
-        val[user] = sorted(int(i) for i in items[n_train:n_train + n_val])
-        test[user] = sorted(int(i) for i in items[n_train + n_val:])
-    return train, val, test
+    oldest_first = np.lexsort((item_idx, timestamp, user_idx))   # ties in time: by item id
+    return _split_users(user_idx, item_idx, oldest_first, n_users, lambda items: items[::-1])
 
 
 # ----------------------------------------------------------------------------- modalities

@@ -31,6 +31,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from data.prepare import SPLITS  # noqa: E402  (main.py builds these on first use)
 OWN_FLAGS = ("--dataset", "--data_path", "--seed", "--stage", "--results_json", "--runs_dir", "--preset",
              "--no_test", "--resume")
 
@@ -116,7 +119,7 @@ def main(argv=None):
         sys.exit("error: --jobs must be at least 1")
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     for dataset in args.datasets:
-        if not os.path.isdir(os.path.join(args.data_path, dataset)) and not dataset.startswith("movielens"):
+        if not os.path.isdir(os.path.join(args.data_path, dataset)) and dataset not in SPLITS.values():
             sys.exit(f"error: {os.path.join(args.data_path, dataset)}: no such dataset folder")
     folder = args.resume_dir or os.path.join(args.runs_dir, f"robustness-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(folder, exist_ok=True)

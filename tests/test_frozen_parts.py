@@ -130,3 +130,10 @@ def test_knn_on_ids_adds_the_mean_graphs_smoothing_of_the_item_id_embeddings(set
     torch.testing.assert_close(on_ids().cf_user, plain().cf_user)          # users only through the items' scores
     for m in setup[1]:      # the ID smoothing replaces the features' one
         assert not torch.allclose(on_ids().mm_item[m], plain().mm_item[m])
+
+
+def test_a_teacher_with_knn_k_but_without_its_graphs_is_refused(setup):
+    graphs, feats, tokens = setup
+    with pytest.raises(ValueError, match="needs the kNN graphs"):
+        Teacher(graphs, feats, tokens, TeacherConfig(embed_size=8, knn_k=3))
+    Teacher(graphs, feats, tokens, TeacherConfig(embed_size=8, knn_k=3, use_modalities=False))   # nothing to build on

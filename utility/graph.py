@@ -3,9 +3,9 @@ import os
 import warnings
 
 import numpy as np
-from tqdm import tqdm
 import scipy.sparse as sp
 import torch
+from tqdm import tqdm
 
 
 def _inv(x, power=1.0):
