@@ -354,16 +354,21 @@ class LightGCNStudent(_IDEmbeddings):
 
 
 def compress_embeddings(user, item, dim):
-    """Project user and item embeddings onto their top ``dim`` right singular vectors.
+    """The best ``dim``-wide factorisation of the score matrix user @ item.T.
 
-    The projection keeps as much of the score matrix user @ item.T as ``dim`` dimensions can,
-    so a narrower student still starts from the teacher's ranking.
+    With user = Q_U R_U and item = Q_I R_I (thin QR), the scores are Q_U (R_U R_I^T) Q_I^T, so the
+    SVD A S B^T of the small d x d core gives the score matrix's own SVD. Its top ``dim`` terms
+    are the closest rank-``dim`` scores (Eckart-Young), split evenly between the two sides:
+    Q_U A_k S_k^1/2 and Q_I B_k S_k^1/2. A narrower student thus starts from the teacher's ranking
+    as closely as ``dim`` dimensions allow.
     """
     if dim >= user.shape[1]:
         return user, item
-    _, _, v = torch.linalg.svd(torch.cat([user, item]), full_matrices=False)
-    basis = v[:dim].T
-    return user @ basis, item @ basis
+    q_user, r_user = torch.linalg.qr(user)
+    q_item, r_item = torch.linalg.qr(item)
+    left, values, right_t = torch.linalg.svd(r_user @ r_item.T)
+    root = values[:dim].sqrt()
+    return q_user @ (left[:, :dim] * root), q_item @ (right_t[:dim].T * root)
 
 
 def build_student(cfg: StudentConfig, n_users, n_items, graphs=None):

@@ -112,6 +112,22 @@ def test_compress_embeddings_keeps_the_dominant_scores():
     assert torch.allclose(u @ i.T, user @ item.T, atol=1e-3)
 
 
+def test_compress_embeddings_is_the_best_low_rank_score_matrix():
+    # full-rank embeddings whose user and item sides stress different directions: projecting both
+    # onto one shared basis (the stacked SVD) is then worse than the score matrix's own truncation
+    gen = torch.Generator().manual_seed(1)
+    user = torch.randn(60, 8, generator=gen, dtype=torch.float64) * torch.tensor([5., 4, 3, 2, 1, 1, 1, 1], dtype=torch.float64)
+    item = torch.randn(45, 8, generator=gen, dtype=torch.float64) * torch.tensor([1., 1, 1, 1, 2, 3, 4, 5], dtype=torch.float64)
+    scores = user @ item.T
+    for k in (1, 3, 5):
+        u, i = compress_embeddings(user, item, k)
+        assert u.shape == (60, k) and i.shape == (45, k)
+        best = torch.linalg.svdvals(scores)[k:].square().sum().sqrt()   # Eckart-Young optimum
+        assert torch.allclose(torch.linalg.matrix_norm(scores - u @ i.T), best, rtol=1e-6)
+        # both sides carry the same scale (the singular values split evenly)
+        assert torch.allclose(u.norm(dim=0), i.norm(dim=0), rtol=1e-6)
+
+
 def test_sparse_products_match_dense_with_empty_rows():
     from utility.sparse_ops import spmm
     from utility.graph import to_torch_csr
