@@ -366,9 +366,11 @@ def compress_embeddings(user, item, dim):
         return user, item
     q_user, r_user = torch.linalg.qr(user)
     q_item, r_item = torch.linalg.qr(item)
-    left, values, right_t = torch.linalg.svd(r_user @ r_item.T)
+    left, values, right_t = torch.linalg.svd(r_user @ r_item.T, full_matrices=False)
     root = values[:dim].sqrt()
-    return q_user @ (left[:, :dim] * root), q_item @ (right_t[:dim].T * root)
+    user, item = q_user @ (left[:, :dim] * root), q_item @ (right_t[:dim].T * root)
+    # fewer users or items than dim: the scores' rank is lower still, and zero columns keep it
+    return F.pad(user, (0, dim - user.shape[1])), F.pad(item, (0, dim - item.shape[1]))
 
 
 def build_student(cfg: StudentConfig, n_users, n_items, graphs=None):

@@ -128,6 +128,15 @@ def test_compress_embeddings_is_the_best_low_rank_score_matrix():
         assert torch.allclose(u.norm(dim=0), i.norm(dim=0), rtol=1e-6)
 
 
+def test_compress_embeddings_with_fewer_users_than_the_width():
+    gen = torch.Generator().manual_seed(2)
+    user = torch.randn(5, 64, generator=gen, dtype=torch.float64)
+    item = torch.randn(30, 64, generator=gen, dtype=torch.float64)
+    u, i = compress_embeddings(user, item, 16)
+    assert u.shape == (5, 16) and i.shape == (30, 16)
+    assert torch.allclose(u @ i.T, user @ item.T)   # rank 5 <= 16: the scores are kept exactly
+
+
 def test_sparse_products_match_dense_with_empty_rows():
     from utility.sparse_ops import spmm
     from utility.graph import to_torch_csr
