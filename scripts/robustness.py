@@ -42,7 +42,8 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--datasets", nargs="+", required=True, help="folders under --data_path")
     p.add_argument("--settings", nargs="+", required=True, metavar="FLAGS",
-                   help='main.py flags of each setting, quoted; "" is the defaults')
+                   help='main.py flags of each setting, quoted; "" is the defaults; a setting of one flag needs '
+                        'a leading space (" --no_prompt"), or it is read as a flag held fixed for every run')
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--data_path", default="data")
     p.add_argument("--stage", choices=["teacher", "student"], default="student",
@@ -126,7 +127,8 @@ def main(argv=None):
     jobs = [(s, setting, d, seed) for seed in args.seeds for d in args.datasets
             for s, setting in enumerate(args.settings)]
     scores = {(s, d): [] for s in range(len(args.settings)) for d in args.datasets}
-    print(f"{len(jobs)} runs in {folder}, {args.jobs} at once with {args.threads} thread(s) each", flush=True)
+    print(f"{len(jobs)} runs in {folder}, {args.jobs} at once with {args.threads} thread(s) each"
+          + (f"; every run with {' '.join(fixed)}" if fixed else ""), flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(run_one, folder, s, setting, d, seed, args, fixed): (s, setting, d, seed)
                    for s, setting, d, seed in jobs}
