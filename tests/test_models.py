@@ -141,9 +141,11 @@ def test_sparse_products_match_dense_with_empty_rows():
     from utility.sparse_ops import spmm
     from utility.graph import to_torch_csr
     import scipy.sparse as sp
-    mat = sp.random(40, 30, density=0.1, random_state=0, format="csr")
+    mat = sp.random(40, 30, density=0.1, random_state=0, format="lil")
     mat[5] = 0          # an empty row (a user without training items)
+    mat = mat.tocsr()
     mat.eliminate_zeros()
+    assert mat[5].nnz == 0 and mat.nnz > 0
     adj, adj_t = to_torch_csr(mat), to_torch_csr(mat.T)
     dense = torch.tensor(mat.toarray(), dtype=torch.float32)
     for _ in range(3):
