@@ -36,6 +36,7 @@ from utility.parser import build_parser, parse_args, resolve_defaults, validate_
 from utility.plots import plot_curves
 from utility.run_io import Logger, new_run_dir, write_json
 from utility.sampler import TripleSampler
+from utility.stats import compare_per_user
 from utility.training import (CHECKPOINT, Interrupted, NonFiniteLoss, Run, Stage, StageState, finish_stage,
                               format_metrics, stage_summary, test_once, train_stage)
 
@@ -201,6 +202,10 @@ def report(setup, ctx):
         popularity = torch.as_tensor(np.asarray(ds.train.sum(axis=0)).ravel(), dtype=torch.float32, device=ctx.device)
         results["most_popular"] = dict(test=ctx.test_eval(partial(popularity_scores, popularity)))
         ctx.log(summary_table(results, args.topk))
+        comparison = student_vs_teacher(ctx.run_dir) if "student" in results else None
+        if comparison is not None:
+            results["student"]["test_vs_teacher"] = comparison
+            ctx.log(comparison_line(comparison))
     if not ctx.writer:
         return 0
     if not args.no_plot:
@@ -511,6 +516,29 @@ def summary_table(results, ks):
         ms = f"{ms:.1f}" if isinstance(ms, float) else ms
         lines.append(f"{name:<20}" + "".join(f"{test[c]:>11.4f}" for c in cols) + f"{params:>11}{ms:>10}")
     return "\n".join(lines)
+
+
+def student_vs_teacher(run_dir):
+    """The student against the teacher on the same test users (:func:`utility.stats.compare_per_user`),
+    from the per-user files the run wrote (single-process runs with a test split); None without them."""
+    files = [os.path.join(run_dir, f"{stage}_test_per_user.npz") for stage in ("teacher", "student")]
+    if not all(os.path.exists(f) for f in files):
+        return None
+    teacher, student = (dict(np.load(f)) for f in files)
+    return compare_per_user(teacher, student)
+
+
+def comparison_line(comparison):
+    """One log line: the student's relative test difference to the teacher and its paired p-value per
+    metric, and the standard error of one mean, which says how far apart two runs' numbers must be."""
+    parts, errors = [], []
+    for metric, c in comparison.items():
+        rel = "n/a" if c["rel_diff"] is None else f"{c['rel_diff']:+.1f} %"
+        parts.append(f"{metric} {rel} (p = {c['p']:.2g})")
+        errors.append(f"{metric} {c['se_b']:.4f}" if c["se_b"] is not None else f"{metric} n/a")
+    n = next(iter(comparison.values()))["n"]
+    return (f"student vs teacher on the same {n:,} test users (paired Wilcoxon): " + ", ".join(parts)
+            + "; standard error of the student's mean: " + ", ".join(errors))
 
 
 def main(argv=None):

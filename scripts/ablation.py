@@ -29,7 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from scripts.seeds import (DASH, RunFailed, flag_given, fmt_mean_sd, fmt_p, json_safe, load_per_user,  # noqa: E402
-                           paired_test, run_main, summarise, write_report)
+                           run_main, write_report)
+from utility.stats import paired_test, summarise  # noqa: E402
 
 FULL = "PromptMM (full)"
 VARIANTS = [

@@ -33,7 +33,6 @@ import sys
 import time
 
 import numpy as np
-from scipy import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -41,6 +40,7 @@ sys.path.insert(0, ROOT)
 import main as promptmm  # noqa: E402
 from utility.errors import UserError  # noqa: E402
 from utility.parser import parse_args as parse_main_args  # noqa: E402
+from utility.stats import paired_test, summarise  # noqa: E402
 
 METRICS = ("recall@20", "ndcg@20")
 # (key, column title, digits): the per-run numbers the summary reports
@@ -66,36 +66,6 @@ DASH = "–"
 
 class RunFailed(Exception):
     """A main.py run that did not finish, or left no usable results."""
-
-
-# ---------------------------------------------------------------- statistics
-
-def summarise(values):
-    """(mean, sample sd with ddof=1) of the values; sd is None for a single value."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        raise ValueError("summarise: no values")
-    mean = float(x.mean())
-    sd = float(x.std(ddof=1)) if x.size > 1 else None
-    return mean, sd
-
-
-def paired_test(a, b):
-    """Two-sided Wilcoxon signed-rank test of the paired samples a and b (zero differences dropped).
-
-    Returns dict(n, mean_a, mean_b, mean_diff (B − A), rel_diff (mean_diff in % of A's mean; None when
-    A's mean is 0), p). When every difference is zero, p is 1.0."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
-        raise ValueError(f"paired_test: need two non-empty paired samples, got shapes {a.shape} and {b.shape}")
-    diff = b - a
-    mean_a, mean_b, mean_diff = float(a.mean()), float(b.mean()), float(diff.mean())
-    if np.all(diff == 0):
-        p = 1.0
-    else:
-        p = float(stats.wilcoxon(b, a, zero_method="wilcox", alternative="two-sided").pvalue)
-    rel = 100.0 * mean_diff / mean_a if mean_a != 0 else None
-    return dict(n=int(a.size), mean_a=mean_a, mean_b=mean_b, mean_diff=mean_diff, rel_diff=rel, p=p)
 
 
 # ---------------------------------------------------------------- running

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scripts import ablation
-from scripts.seeds import paired_test
+from utility.stats import paired_test
 
 
 def test_the_one_factor_rows_replace_the_student_without_kd():

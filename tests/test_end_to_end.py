@@ -61,6 +61,11 @@ def test_both_stages_and_reuse_of_the_teacher(tmp_path, tiny_json):
         per_user = np.load(folders[0] / f"{stage}_test_per_user.npz")
         for metric in ("recall@20", "ndcg@20"):
             assert per_user[metric].mean() == pytest.approx(results[stage]["test"][metric], abs=1e-9)
+    # the paired comparison is the student against the teacher, metric by metric
+    for metric, c in student["test_vs_teacher"].items():
+        t, s = results["teacher"]["test"][metric], student["test"][metric]
+        assert (c["mean_a"], c["mean_b"]) == (pytest.approx(t), pytest.approx(s))
+        assert c["rel_diff"] == pytest.approx(100 * (s - t) / t) and 0 < c["p"] <= 1
 
     # stage 2 froze every teacher weight but the prompt module's
     teacher = torch.load(folders[0] / "teacher.pt", weights_only=False)["models"]["teacher"]

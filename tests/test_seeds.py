@@ -1,13 +1,12 @@
 """scripts/seeds.py: mean ± sd over seeds and paired Wilcoxon tests between two configurations."""
 import json
-import math
 import os
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from scripts import seeds
+from utility.stats import paired_test
 
 TINY_FLAGS = ["--epoch", "1", "--student_epoch", "1", "--embed_size", "8", "--batch_size", "64"]
 
@@ -15,49 +14,6 @@ TINY_FLAGS = ["--epoch", "1", "--student_epoch", "1", "--embed_size", "8", "--ba
 def data_flags(tmp_path, data):
     return ["--data_path", os.path.dirname(data), "--dataset", os.path.basename(data),
             "--runs_dir", str(tmp_path / "runs")]
-
-
-def test_summarise_is_the_mean_and_the_sample_sd():
-    mean, sd = seeds.summarise([1.0, 2.0, 3.0, 4.0])
-    assert mean == 2.5
-    assert sd == pytest.approx(math.sqrt(5 / 3))   # squared deviations 2.25+0.25+0.25+2.25 = 5, over n-1 = 3
-    assert seeds.summarise([0.25]) == (0.25, None)   # one seed: no sd
-    with pytest.raises(ValueError):
-        seeds.summarise([])
-
-
-def test_paired_test_by_hand():
-    a = np.full(6, 2.0)
-    b = a + np.array([1.0, -2.0, 3.0, 0.0, 4.0, -0.5])
-    t = seeds.paired_test(a, b)
-    # the zero difference is dropped; ranks of |d| = 0.5, 1, 2, 3, 4 are 1..5, the negative ones (-0.5, -2)
-    # hold ranks 1 and 3: W = 4. Of the 32 sign patterns, 7 have a rank sum <= 4 ({}, 1, 2, 3, 4, 1+2, 1+3),
-    # so the exact two-sided p is 2 * 7/32
-    assert t["p"] == pytest.approx(14 / 32)
-    assert t["p"] == pytest.approx(stats.wilcoxon(b - a).pvalue)
-    assert t["n"] == 6 and t["mean_a"] == 2.0
-    assert t["mean_diff"] == pytest.approx(5.5 / 6) and t["mean_b"] == pytest.approx(2 + 5.5 / 6)
-    assert t["rel_diff"] == pytest.approx(100 * (5.5 / 6) / 2)
-    # B − A: swapping the samples flips the sign, not the p-value
-    back = seeds.paired_test(b, a)
-    assert back["mean_diff"] == pytest.approx(-5.5 / 6) and back["p"] == pytest.approx(t["p"])
-
-
-def test_paired_test_matches_scipy_on_random_data():
-    rng = np.random.default_rng(0)
-    a = rng.random(80)
-    b = a + rng.normal(0.05, 0.1, 80)
-    assert seeds.paired_test(a, b)["p"] == pytest.approx(stats.wilcoxon(b, a, zero_method="wilcox").pvalue)
-
-
-def test_paired_test_of_equal_samples_is_p_one():
-    a = np.array([0.0, 0.5, 1.0, 1.0])
-    t = seeds.paired_test(a, a.copy())
-    assert t["p"] == 1.0 and t["mean_diff"] == 0.0 and t["rel_diff"] == 0.0
-    # A's mean 0: no relative difference
-    assert seeds.paired_test(np.zeros(3), np.array([0.0, 1.0, 1.0]))["rel_diff"] is None
-    with pytest.raises(ValueError):
-        seeds.paired_test([1.0, 2.0], [1.0])
 
 
 def test_flag_helpers():
@@ -147,7 +103,7 @@ def test_two_seeds_compared_with_a_shared_teacher(tmp_path, tiny_json, capsys):
         assert by_seed[1]["n"] == by_seed[2]["n"] == n_users and by_seed["pooled"]["n"] == 2 * n_users
         per_user = {label: [np.load(os.path.join(r["run_dir"], "student_test_per_user.npz"))[metric]
                             for r in configs[label]["runs"]] for label in ("A", "B")}
-        pooled = seeds.paired_test(np.concatenate(per_user["A"]), np.concatenate(per_user["B"]))
+        pooled = paired_test(np.concatenate(per_user["A"]), np.concatenate(per_user["B"]))
         assert by_seed["pooled"]["p"] == pytest.approx(pooled["p"])
         assert by_seed["pooled"]["mean_diff"] == pytest.approx(
             configs["B"]["summary"][f"student_test_{metric}"]["mean"]
