@@ -11,7 +11,9 @@ the best teacher's saved weights. Each trial is a ``main.py`` run in this proces
 which ends a trial whose curve falls below the median of earlier trials at the same epoch. The
 sampler is TPE, seeded by ``--seed``, and the first trial of each stage is the configuration
 without tuning (the preset and the flags held fixed), so the best is at least as good on
-validation.
+validation. With ``--n_jobs`` J > 1, J trials run at once as threads of this process; the untuned
+trial runs alone first. Threads share the process's random number generators, so a trial's
+score can differ slightly from the same flags run on their own (as ``main.py --config`` does).
 
 The studies live in ``runs/<dataset>/tune-<timestamp>/study.db`` (SQLite), beside each trial's run
 folder; ``--resume_dir`` continues an interrupted search there (finished trials are kept). The best
@@ -135,8 +137,18 @@ def run_study(folder, stage, objective, start_values, b, timeout, metric):
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=b.warmup_epochs))
     if not study.trials:
         study.enqueue_trial(start_values)   # the untuned configuration is trial 0
-    study.optimize(objective, n_trials=b.trials, timeout=timeout, n_jobs=b.n_jobs,
-                   callbacks=[print_trial(stage, metric)], catch=())
+    run = dict(callbacks=[print_trial(stage, metric)], catch=())
+    start, left = time.perf_counter(), b.trials
+    queued = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    if queued and b.n_jobs > 1:
+        # queued trials run one at a time: two workers of one process can both claim the same queued
+        # trial (SQLite storage), run it twice and fail when the second reports it
+        first = queued if left is None else min(queued, left)
+        study.optimize(objective, n_trials=first, timeout=timeout, n_jobs=1, **run)
+        left = None if left is None else left - first
+    remaining = timeout - (time.perf_counter() - start)
+    if remaining > 0 and left != 0:
+        study.optimize(objective, n_trials=left, timeout=remaining, n_jobs=b.n_jobs, **run)
     return study
 
 

@@ -49,3 +49,20 @@ def test_tune_writes_best_flags_never_tests_and_resumes(tmp_path, tiny_json, cap
     assert tune.main(["--timeout", "600", "--trials", "1", "--out", str(out), "--resume_dir", str(folder)] + flags) == 0
     study = optuna.load_study(study_name="teacher", storage=f"sqlite:///{folder / 'study.db'}")
     assert len(study.trials) == 3
+
+
+@pytest.mark.slow
+def test_parallel_trials_run_the_untuned_start_once(tmp_path, tiny_json, capsys):
+    """With --n_jobs 2 the queued untuned trial is claimed by one worker only: every trial has its
+    own run folder, and the study's trials are all complete (a trial run twice fails when reported)."""
+    flags = ["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+             "--runs_dir", str(tmp_path / "runs"), "--epoch", "2", "--student_epoch", "1", "--batch_size", "64",
+             "--embed_size", "8", "--threads", "1"]
+    out = tmp_path / "best.json"
+    assert tune.main(["--timeout", "600", "--trials", "3", "--n_jobs", "2", "--out", str(out)] + flags) == 0
+    (folder,) = (tmp_path / "runs" / os.path.basename(tiny_json)).glob("tune-*")
+    for stage in ("teacher", "student"):
+        study = optuna.load_study(study_name=stage, storage=f"sqlite:///{folder / 'study.db'}")
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+        assert len({t.user_attrs["run_dir"] for t in study.trials}) == 3
+    assert len(list((folder / "trials").rglob("results.json"))) == 6   # no trial ran twice
