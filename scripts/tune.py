@@ -12,7 +12,7 @@ which ends a trial whose curve falls below the median of earlier trials at the s
 sampler is TPE, seeded by ``--seed``, and the first trial of each stage is the configuration
 without tuning (the preset and the flags held fixed), so the best is at least as good on
 validation. With ``--n_jobs`` J > 1, J trials run at once as threads of this process; the untuned
-trial runs alone first. Threads share the process's random number generators, so a trial's
+trial runs alone first, with J times ``--threads``. Threads share the process's random number generators, so a trial's
 score can differ slightly from the same flags run on their own (as ``main.py --config`` does).
 
 The studies live in ``runs/<dataset>/tune-<timestamp>/study.db`` (SQLite), beside each trial's run
@@ -85,6 +85,10 @@ class Tuner:
     def __init__(self, fixed, folder, stage, space, extra=()):
         self.fixed, self.folder, self.stage, self.space, self.extra = list(fixed), folder, stage, space, list(extra)
 
+    def with_threads(self, n):
+        """The same objective with ``--threads n`` (later flags win over the fixed ones)."""
+        return Tuner(self.fixed, self.folder, self.stage, self.space, self.extra + ["--threads", str(n)])
+
     def __call__(self, trial):
         values = suggest(trial, self.space)
         argv = self.fixed + list(self.extra) + as_flags(values) + [
@@ -142,9 +146,11 @@ def run_study(folder, stage, objective, start_values, b, timeout, metric):
     queued = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     if queued and b.n_jobs > 1:
         # queued trials run one at a time: two workers of one process can both claim the same queued
-        # trial (SQLite storage), run it twice and fail when the second reports it
+        # trial (SQLite storage), run it twice and fail when the second reports it. Alone, a trial
+        # takes every worker's threads.
         first = queued if left is None else min(queued, left)
-        study.optimize(objective, n_trials=first, timeout=timeout, n_jobs=1, **run)
+        solo = objective.with_threads(b.threads * b.n_jobs) if b.threads else objective
+        study.optimize(solo, n_trials=first, timeout=timeout, n_jobs=1, **run)
         left = None if left is None else left - first
     remaining = timeout - (time.perf_counter() - start)
     if remaining > 0 and left != 0:
@@ -180,7 +186,7 @@ def main(argv=None):
         base = parse_args(fixed)
     except UserError as e:
         p.error(str(e))
-    b.seed, metric = base.seed, base.valid_metric
+    b.seed, b.threads, metric = base.seed, base.threads, base.valid_metric
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = b.resume_dir or os.path.join(base.runs_dir, base.dataset,
                                           "tune-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))

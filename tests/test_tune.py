@@ -66,3 +66,8 @@ def test_parallel_trials_run_the_untuned_start_once(tmp_path, tiny_json, capsys)
         assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
         assert len({t.user_attrs["run_dir"] for t in study.trials}) == 3
     assert len(list((folder / "trials").rglob("results.json"))) == 6   # no trial ran twice
+    for stage in ("teacher", "student"):   # the untuned trial ran alone, with both workers' threads
+        study = optuna.load_study(study_name=stage, storage=f"sqlite:///{folder / 'study.db'}")
+        configs = [os.path.join(t.user_attrs["run_dir"], "config.json") for t in study.trials]
+        threads = [json.loads(open(c).read())["threads"] for c in configs]
+        assert threads == [2, 1, 1]
