@@ -1,6 +1,7 @@
 """scripts/tune.py: a seeded, resumable, validation-only search whose best flags main.py reads back."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -69,5 +70,5 @@ def test_parallel_trials_run_the_untuned_start_once(tmp_path, tiny_json, capsys)
     for stage in ("teacher", "student"):   # the untuned trial ran alone, with both workers' threads
         study = optuna.load_study(study_name=stage, storage=f"sqlite:///{folder / 'study.db'}")
         configs = [os.path.join(t.user_attrs["run_dir"], "config.json") for t in study.trials]
-        threads = [json.loads(open(c).read())["threads"] for c in configs]
+        threads = [json.loads(Path(c).read_text())["threads"] for c in configs]
         assert threads == [2, 1, 1]
