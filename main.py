@@ -530,7 +530,8 @@ def student_vs_teacher(run_dir):
 
 def comparison_line(comparison):
     """One log line: the student's relative test difference to the teacher and its paired p-value per
-    metric, and the standard error of one mean, which says how far apart two runs' numbers must be."""
+    metric, and the standard error of the student's mean (how much sampling the test users alone
+    moves one run's number)."""
     parts, errors = [], []
     for metric, c in comparison.items():
         rel = "n/a" if c["rel_diff"] is None else f"{c['rel_diff']:+.1f} %"

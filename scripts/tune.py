@@ -12,8 +12,9 @@ which ends a trial whose curve falls below the median of earlier trials at the s
 sampler is TPE, seeded by ``--seed``, and the first trial of each stage is the configuration
 without tuning (the preset and the flags held fixed), so the best is at least as good on
 validation. With ``--n_jobs`` J > 1, J trials run at once as threads of this process; the untuned
-trial runs alone first, with J times ``--threads``. Threads share the process's random number generators, so a trial's
-score can differ slightly from the same flags run on their own (as ``main.py --config`` does).
+trial runs alone first, with J times ``--threads``. Threads share the process's random number
+generators, so a trial's score can differ slightly from the same flags run on their own (as
+``main.py --config`` does).
 
 The studies live in ``runs/<dataset>/tune-<timestamp>/study.db`` (SQLite), beside each trial's run
 folder; ``--resume_dir`` continues an interrupted search there (finished trials are kept). The best
