@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 from scripts.seeds import (DASH, RunFailed, flag_given, fmt_mean_sd, fmt_p, json_safe, load_per_user,  # noqa: E402
                            run_main, write_report)
-from utility.stats import paired_test, summarise  # noqa: E402
+from utility.stats import PAIRED_METRICS as METRICS, paired_test, summarise  # noqa: E402
 
 FULL = "PromptMM (full)"
 VARIANTS = [
@@ -45,7 +45,6 @@ VARIANTS = [
     ("KD only", ["--student_init", "random"]),
     ("neither", ["--student_init", "random", "--no_kd"]),
 ]
-METRICS = ("recall@20", "ndcg@20")
 
 
 def teacher_checkpoint(base, workdir, extra, label):

@@ -40,9 +40,9 @@ sys.path.insert(0, ROOT)
 import main as promptmm  # noqa: E402
 from utility.errors import UserError  # noqa: E402
 from utility.parser import parse_args as parse_main_args  # noqa: E402
-from utility.stats import paired_test, summarise  # noqa: E402
+from utility.stats import PAIRED_METRICS, paired_test, summarise  # noqa: E402
 
-METRICS = ("recall@20", "ndcg@20")
+METRICS = PAIRED_METRICS   # the per-user test metrics each run keeps
 # (key, column title, digits): the per-run numbers the summary reports
 QUANTITIES = [
     ("teacher_test_recall@20", "teacher test Recall@20", 4),

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from utility.metrics import METRIC_FUNCTIONS, metric_sums
+from utility.stats import PAIRED_METRICS
 
 SCORE_BUDGET = 1 << 22  # float32 scores per batch (16 MB) ...
 MIN_BLOCK_USERS = 64    # ... but at least this many users per batch (256 MB of scores at 10^6 items)
@@ -101,7 +102,7 @@ class RankingEvaluator:
         return sums, self.users.numel()
 
     @torch.no_grad()
-    def per_user(self, score_fn, names=("recall@20", "ndcg@20")):
+    def per_user(self, score_fn, names=PAIRED_METRICS):
         """{"users": evaluated user ids, name: that metric of each user} as numpy arrays, for paired
         tests between models (this process's users only under ``shard``)."""
         out = {name: [] for name in names}
