@@ -35,7 +35,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import main as promptmm  # noqa: E402
+from utility import pipeline  # noqa: E402
 from bench import flops  # noqa: E402
 from data.synthetic import SHAPES, make_synthetic  # noqa: E402
 from utility.sparse_ops import sparse_dense  # noqa: E402
@@ -105,7 +105,7 @@ def probe_rates(path, embed_size, device, threads):
     """measure_rates in a fresh process (see main)."""
     if threads:
         torch.set_num_threads(threads)
-    return measure_rates(load_dataset(path), embed_size, promptmm.resolve_device(device))
+    return measure_rates(load_dataset(path), embed_size, pipeline.resolve_device(device))
 
 
 def shapes_of(ds, args):
@@ -159,7 +159,7 @@ def main(argv=None):
     b = p.parse_args(argv)
     if b.threads:
         torch.set_num_threads(b.threads)
-    device = promptmm.resolve_device(b.device)
+    device = pipeline.resolve_device(b.device)
     data_path, dataset = ensure_data(b.like, b.scale, b.seed)
 
     # the baseline: the interpreter with torch, the project and torch's optimizer machinery (imported
@@ -179,7 +179,7 @@ def main(argv=None):
         flags += ["--threads", str(b.threads)]
     with tempfile.TemporaryDirectory() as runs:
         results_file = os.path.join(runs, "results.json")
-        code = promptmm.main(flags + ["--runs_dir", runs, "--results_json", results_file])
+        code = pipeline.run_command(flags + ["--runs_dir", runs, "--results_json", results_file])
         if code != 0:
             sys.exit(f"benchmark run failed with exit code {code}")
         with open(results_file) as f:

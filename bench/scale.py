@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import main as promptmm  # noqa: E402
+from utility import pipeline  # noqa: E402
 from data.synthetic import SHAPES, make_synthetic  # noqa: E402
 from utility.run_io import write_report  # noqa: E402
 
@@ -84,7 +84,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as runs:
         results_file = os.path.join(runs, "results.json")
         start = time.perf_counter()
-        code = promptmm.main(flags + ["--runs_dir", runs, "--results_json", results_file])
+        code = pipeline.run_command(flags + ["--runs_dir", runs, "--results_json", results_file])
         total_s = time.perf_counter() - start
         if code != 0:
             sys.exit(f"scale run failed with exit code {code}")

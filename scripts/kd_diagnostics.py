@@ -19,7 +19,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import main as promptmm  # noqa: E402
+from utility import pipeline  # noqa: E402
 from Models import Teacher, build_student  # noqa: E402
 from utility.config import KDConfig, StudentConfig, TeacherConfig, from_dict  # noqa: E402
 from utility.evaluate import top_unseen_items  # noqa: E402
@@ -33,12 +33,12 @@ from utility.sparse_ops import gather_dot  # noqa: E402
 
 
 def load_parts(args):
-    ds = load_dataset(promptmm.dataset_folder(args), name=args.dataset)
+    ds = load_dataset(pipeline.dataset_folder(args), name=args.dataset)
     ckpt = torch.load(args.teacher_ckpt, map_location="cpu", weights_only=False)
     cfg = from_dict(TeacherConfig, ckpt["config"]["teacher"])
     graphs = build_graphs(ds.train, torch.device("cpu"))
     feats = {m: torch.from_numpy(x) for m, x in ds.modality_feats.items()}
-    tokens = torch.from_numpy(promptmm.hard_tokens(args, ds, cfg.embed_size, Logger(enabled=False)))
+    tokens = torch.from_numpy(pipeline.hard_tokens(args, ds, cfg.embed_size, Logger(enabled=False)))
     teacher = Teacher(graphs, feats, tokens, cfg)
     teacher.load_state_dict(ckpt["models"]["teacher"])
     teacher.eval()

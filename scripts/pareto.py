@@ -20,7 +20,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import main as promptmm  # noqa: E402
+from utility import pipeline  # noqa: E402
 from scripts.seeds import write_report  # noqa: E402
 
 VARIANTS = {
@@ -31,7 +31,7 @@ VARIANTS = {
 
 
 def run(flags, results_file):
-    code = promptmm.main(flags + ["--results_json", results_file, "--no_plot"])
+    code = pipeline.run_command(flags + ["--results_json", results_file, "--no_plot"])
     if code != 0:
         sys.exit(f"pareto: main.py {' '.join(flags)} failed with exit code {code}")
     with open(results_file) as f:

@@ -37,7 +37,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import main as promptmm  # noqa: E402
+from utility import pipeline  # noqa: E402
 from utility.errors import UserError  # noqa: E402
 from utility.parser import parse_args as parse_main_args  # noqa: E402
 from utility.stats import PAIRED_METRICS, paired_test, summarise  # noqa: E402
@@ -89,7 +89,7 @@ def run_main(flags, results_file):
     """Run main.py in-process with flags; its results.json as a dict. RunFailed when it fails."""
     command = "main.py " + shlex.join(flags)
     try:
-        code = promptmm.main(flags + ["--results_json", results_file, "--no_plot"])
+        code = pipeline.run_command(flags + ["--results_json", results_file, "--no_plot"])
     except SystemExit as e:   # a flag main.py's parser rejects
         code = e.code if isinstance(e.code, int) else 2
     except Exception as e:   # noqa: BLE001 - reported as one line

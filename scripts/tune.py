@@ -41,7 +41,7 @@ sys.path.insert(0, ROOT)
 
 import optuna  # noqa: E402
 
-import main as promptmm  # noqa: E402
+from utility import pipeline  # noqa: E402
 from utility.errors import UserError  # noqa: E402
 from utility.parser import parse_args  # noqa: E402
 from utility.run_io import Logger, write_json  # noqa: E402
@@ -105,7 +105,7 @@ class Tuner:
         log = Logger(echo=False)
         start = time.perf_counter()
         try:
-            code = promptmm.run(args, log, monitor=monitor)
+            code = pipeline.run(args, log, monitor=monitor)
         except UserError as e:
             raise SystemExit(f"error: {e}") from None
         finally:

@@ -58,19 +58,19 @@ def test_config_file_overrides_the_preset_and_the_command_line_overrides_it(tmp_
     ([1, 2], "expected a JSON object"),
 ])
 def test_bad_config_file_is_a_one_line_error(tmp_path, capsys, data, problem):
-    import main
-    code = main.main(["--config", _config(tmp_path, data), "--runs_dir", str(tmp_path / "runs")])
+    from utility import pipeline
+    code = pipeline.run_command(["--config", _config(tmp_path, data), "--runs_dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --config ") and problem in err[0], err
     assert not (tmp_path / "runs").exists()
 
 
 def test_unreadable_config_file(tmp_path, capsys):
-    import main
+    from utility import pipeline
     (tmp_path / "bad.json").write_text("{not json")
-    assert main.main(["--config", str(tmp_path / "bad.json")]) == 2
+    assert pipeline.run_command(["--config", str(tmp_path / "bad.json")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
-    assert main.main(["--config", str(tmp_path / "missing.json")]) == 2
+    assert pipeline.run_command(["--config", str(tmp_path / "missing.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
 
 

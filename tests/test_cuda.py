@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-import main
+from utility import pipeline
 from Models import Teacher
 from tinydata import split_matrix, tiny_splits
 from utility.config import TeacherConfig
@@ -61,7 +61,7 @@ def test_end_to_end_on_cuda_matches_cpu(tmp_path, tiny_json):
     results = {}
     for device in ("cpu", "cuda"):
         out = tmp_path / f"{device}.json"
-        code = main.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+        code = pipeline.run_command(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
                           "--runs_dir", str(tmp_path / "runs"), "--device", device, "--epoch", "3",
                           "--student_epoch", "3", "--embed_size", "16", "--batch_size", "64",
                           "--results_json", str(out), "--no_plot"])

@@ -6,15 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-import main
-
-
+from utility import pipeline
 def run_main(tmp_path, data, *extra):
     runs = tmp_path / "runs"
     argv = ["--data_path", os.path.dirname(data), "--dataset", os.path.basename(data), "--runs_dir", str(runs),
             "--epoch", "2", "--student_epoch", "2", "--batch_size", "64", "--embed_size", "16",
             "--no_plot", *extra]
-    code = main.main(argv)
+    code = pipeline.run_command(argv)
     folders = sorted((runs / os.path.basename(data)).iterdir()) if runs.exists() else []
     return code, folders
 
@@ -139,7 +137,7 @@ def test_test_metrics_come_from_the_best_validation_weights(tmp_path, tiny_json)
 def test_validation_items_are_excluded_at_test_time_unless_asked_not_to(tmp_path, tiny_json):
     for flag, exclude_val in (((), True), (("--no_exclude_val",), False)):
         runs = tmp_path / f"exclude-{exclude_val}"
-        code = main.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+        code = pipeline.run_command(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
                           "--runs_dir", str(runs), "--epoch", "2", "--student_epoch", "2", "--batch_size", "64",
                           "--embed_size", "16", "--no_plot", *flag])
         assert code == 0

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import main
+from utility import pipeline
 from tinydata import ROOT, split_matrix, tiny_splits, write_json_dataset, write_pickle_dataset
 
 
@@ -127,7 +127,7 @@ def make_dataset(tmp_path, layout, change):
 
 def run_cli(tmp_path, capsys, *extra, dataset="bad"):
     runs = tmp_path / "runs"
-    code = main.main(["--data_path", str(tmp_path), "--dataset", dataset, "--runs_dir", str(runs),
+    code = pipeline.run_command(["--data_path", str(tmp_path), "--dataset", dataset, "--runs_dir", str(runs),
                       "--epoch", "1", "--student_epoch", "1", "--no_plot", *extra])
     err = [l for l in capsys.readouterr().err.strip().splitlines() if not l.startswith("warning")]
     return code, err, runs
@@ -184,7 +184,7 @@ def test_bad_flags(case, tmp_path, capsys, good):
 def test_unwritable_run_folder(tmp_path, capsys, good):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    code = main.main(["--data_path", str(tmp_path), "--dataset", "good", "--runs_dir", str(blocker / "runs"),
+    code = pipeline.run_command(["--data_path", str(tmp_path), "--dataset", "good", "--runs_dir", str(blocker / "runs"),
                       "--epoch", "1", "--no_plot"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--runs_dir" in err[0] and "cannot create" in err[0]
@@ -204,20 +204,20 @@ def test_teacher_checkpoint_from_other_data_or_config(tmp_path, capsys, good):
     train, val, test, feats = tiny_splits()
     train["0"] = train["0"][:-1]
     write_json_dataset(str(tmp_path / "other"), train, val, test, feats)
-    code = main.main(["--data_path", str(tmp_path), "--dataset", "other", "--runs_dir", str(tmp_path / "r2"),
+    code = pipeline.run_command(["--data_path", str(tmp_path), "--dataset", "other", "--runs_dir", str(tmp_path / "r2"),
                       "--stage", "student", "--teacher_ckpt", ckpt, "--no_plot"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--teacher_ckpt" in err[0] and "other data" in err[0]
     assert not (tmp_path / "r2").exists()
     # other config
-    code = main.main(["--data_path", str(tmp_path), "--dataset", "good", "--runs_dir", str(tmp_path / "r3"),
+    code = pipeline.run_command(["--data_path", str(tmp_path), "--dataset", "good", "--runs_dir", str(tmp_path / "r3"),
                       "--stage", "student", "--teacher_ckpt", ckpt, "--no_prompt", "--no_plot"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no_prompt" in err[0]
     # not a checkpoint at all
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    code = main.main(["--data_path", str(tmp_path), "--dataset", "good", "--runs_dir", str(tmp_path / "r4"),
+    code = pipeline.run_command(["--data_path", str(tmp_path), "--dataset", "good", "--runs_dir", str(tmp_path / "r4"),
                       "--stage", "student", "--teacher_ckpt", str(junk), "--no_plot"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not a readable checkpoint" in err[0]
@@ -230,7 +230,7 @@ def test_duplicate_items_within_a_list_are_a_warning(tmp_path, capsys):
     train["3"] = train["3"] + train["3"][:1]
     write_json_dataset(str(tmp_path / "dup"), train, val, test, feats)
     with pytest.warns(UserWarning, match="repeated items"):
-        code = main.main(["--data_path", str(tmp_path), "--dataset", "dup", "--runs_dir", str(tmp_path / "runs"),
+        code = pipeline.run_command(["--data_path", str(tmp_path), "--dataset", "dup", "--runs_dir", str(tmp_path / "runs"),
                           "--stage", "teacher", "--epoch", "1", "--no_plot"])
     assert code == 0
 
@@ -238,11 +238,11 @@ def test_duplicate_items_within_a_list_are_a_warning(tmp_path, capsys):
 def test_corrupted_pca_cache_is_rebuilt_with_a_warning(tmp_path, capsys, good):
     args = ["--data_path", str(tmp_path), "--dataset", "good", "--runs_dir", str(tmp_path / "runs"),
             "--stage", "teacher", "--epoch", "1", "--no_plot"]
-    assert main.main(args) == 0
+    assert pipeline.run_command(args) == 0
     caches = sorted((tmp_path / "good" / ".cache").glob("pca_*.npy"))
     assert len(caches) == 2
     caches[0].write_bytes(b"\x93NUMPY garbage")
-    assert main.main(args) == 0
+    assert pipeline.run_command(args) == 0
     err = capsys.readouterr().err
     assert "PCA cache" in err and "rebuilding" in err
     np.load(caches[0])   # valid again

@@ -63,12 +63,12 @@ def test_loader_raises_data_error_directly(tmp_path):
 def test_unfamiliar_modality_names_train_end_to_end_with_knn_graphs(tmp_path):
     import json
 
-    import main
+    from utility import pipeline
     from tinydata import tiny_splits, write_json_dataset
     train, val, test, feats = tiny_splits()
     write_json_dataset(str(tmp_path / "mine"), train, val, test, {"metadata": feats["image"], "text": feats["text"]})
     runs = tmp_path / "runs"
-    assert main.main(["--data_path", str(tmp_path), "--dataset", "mine", "--runs_dir", str(runs), "--dry_run",
+    assert pipeline.run_command(["--data_path", str(tmp_path), "--dataset", "mine", "--runs_dir", str(runs), "--dry_run",
                       "--embed_size", "8", "--knn_k", "3", "--no_plot"]) == 0
     (run,) = (runs / "mine").iterdir()
     results = json.loads((run / "results.json").read_text())

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-import main
+from utility import pipeline
 from utility.training import EarlyStopping
 
 
@@ -23,7 +23,7 @@ def test_early_stopping_keeps_the_first_best_and_counts_evaluations_without_impr
 @pytest.mark.parametrize("eval_every", [1, 2])
 def test_a_stage_stops_patience_evaluations_after_its_best(tmp_path, tiny_json, eval_every):
     runs = tmp_path / "runs"
-    code = main.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+    code = pipeline.run_command(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
                       "--runs_dir", str(runs), "--stage", "teacher", "--epoch", "60", "--batch_size", "64",
                       "--embed_size", "8", "--lr", "0.05", "--early_stopping_patience", "3",
                       "--eval_every", str(eval_every), "--no_plot"])
@@ -54,7 +54,7 @@ def test_a_kill_between_the_two_end_of_epoch_writes_still_resumes_exactly(tmp_pa
     flags = ["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json), "--epoch", "3",
              "--student_epoch", "4", "--batch_size", "64", "--embed_size", "8", "--no_plot",
              "--student_init", "random", "--student_lr", "0.01"]
-    assert main.main(flags + ["--runs_dir", str(tmp_path / "straight")]) == 0
+    assert pipeline.run_command(flags + ["--runs_dir", str(tmp_path / "straight")]) == 0
     (straight,) = (tmp_path / "straight" / os.path.basename(tiny_json)).iterdir()
     best = json.loads((straight / "results.json").read_text())["student"]["best_epoch"]
     assert best > 1, "the planted run should select a later student epoch"
@@ -68,16 +68,16 @@ def test_a_kill_between_the_two_end_of_epoch_writes_still_resumes_exactly(tmp_pa
 
     monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     with pytest.raises(_Killed):
-        main.main(flags + ["--runs_dir", str(tmp_path / "killed")])
+        pipeline.run_command(flags + ["--runs_dir", str(tmp_path / "killed")])
     monkeypatch.setattr(training, "save_checkpoint", real_save)
     (killed,) = (tmp_path / "killed" / os.path.basename(tiny_json)).iterdir()
-    assert main.main(["--resume", str(killed)]) == 0
+    assert pipeline.run_command(["--resume", str(killed)]) == 0
     assert _numbers(killed) == _numbers(straight)
 
 
 def test_student_patience_and_batch_size_are_the_second_stage_own(tmp_path, tiny_json):
     runs = tmp_path / "runs"
-    code = main.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+    code = pipeline.run_command(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
                       "--runs_dir", str(runs), "--epoch", "2", "--student_epoch", "60", "--batch_size", "4096",
                       "--student_batch_size", "64", "--embed_size", "8", "--student_init", "random",
                       "--early_stopping_patience", "50", "--student_patience", "2", "--no_plot",
@@ -106,7 +106,7 @@ def test_train_config_of_each_stage_reads_its_own_flags():
 
 
 def test_timed_serving_request_keeps_its_scores_within_the_budget():
-    assert main.inference_users(5000, 100) == 1024
-    assert main.inference_users(50, 100) == 50
-    assert main.inference_users(2_000_000, 1_000_000) == main.INFER_SCORE_BUDGET // 1_000_000 < 1024
+    assert pipeline.inference_users(5000, 100) == 1024
+    assert pipeline.inference_users(50, 100) == 50
+    assert pipeline.inference_users(2_000_000, 1_000_000) == pipeline.INFER_SCORE_BUDGET // 1_000_000 < 1024
 
