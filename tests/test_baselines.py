@@ -187,16 +187,13 @@ def test_mean_sd_over_seeds():
     np.testing.assert_allclose(out["recall@20"], [0.2, 0.1])
 
 
-def _cli(args, tmp_path):
-    return subprocess.run([sys.executable, "-m", "bench.baselines", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-
-
 def test_command_line_on_tiny_data_prints_the_table_and_writes_json(tiny_json, tmp_path):
+    """`python -m bench.baselines` as a user types it."""
     out = str(tmp_path / "b.json")
-    proc = _cli(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "mostpop", "ease",
-                 "itemknn", "--ease_lambdas", "1", "10", "--knn_ks", "3", "100", "--threads", "1", "--out", out],
-                tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "bench.baselines", "--dataset", "tiny", "--data_path",
+                           os.path.dirname(tiny_json), "--models", "mostpop", "ease", "itemknn", "--ease_lambdas", "1",
+                           "10", "--knn_ks", "3", "100", "--threads", "1", "--out", out],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("MostPop", "EASE", "ItemKNN", "recall@20", "ndcg@50", "lambda =", "k = "):
         assert name in proc.stdout
@@ -207,14 +204,15 @@ def test_command_line_on_tiny_data_prints_the_table_and_writes_json(tiny_json, t
     assert result["exclude_val"] is True and set(rows["EASE"]["test"]) >= {"recall@20", "ndcg@20"}
 
 
-def test_bad_input_is_a_one_line_error_and_writes_nothing(tiny_json, tmp_path):
+def test_bad_input_is_a_one_line_error_and_writes_nothing(tiny_json, tmp_path, capsys):
     out = str(tmp_path / "b.json")
-    proc = _cli(["--dataset", "missing", "--data_path", str(tmp_path), "--out", out], tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "missing" in proc.stderr
-    proc = _cli(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "ease",
-                 "--ease_max_items", "20", "--out", out], tmp_path)
-    assert proc.returncode == 2 and "--ease_max_items" in proc.stderr and proc.stderr.count("\n") == 1
-    proc = _cli(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--valid_metric", "recall@30"],
-                tmp_path)
-    assert proc.returncode == 2 and "--valid_metric" in proc.stderr
+    assert bl.main(["--dataset", "missing", "--data_path", str(tmp_path), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing" in err
+    assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "ease",
+                    "--ease_max_items", "20", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "--ease_max_items" in err and err.count("\n") == 1
+    assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--valid_metric", "recall@30"]) == 2
+    assert "--valid_metric" in capsys.readouterr().err
     assert not os.path.exists(out)
