@@ -29,6 +29,12 @@ Split
     then the newest a user rated, as in a leave-last-out evaluation; the name selects no
     preset, so it is also what a user's own temporal data gets from the defaults.
 
+    ``--split item-cold`` builds ``<data_path>/movielens-item-cold`` from the random split:
+    20 % of the items (seeded), half validation-cold and half test-cold, leave train with
+    every interaction, which goes to val or test; ``cold_items.json`` lists them
+    (:func:`item_cold_split`, docs/cold-start.md). ``python -m data.prepare item-cold
+    --src DIR --out DIR`` writes the same kind of copy of any dataset folder.
+
 Modalities (one float32 row per item id)
     ``text``   384-d L2-normalised sentence embedding of ``"{title} ({year}). Genres:
                {genres}."`` from all-MiniLM-L6-v2, loaded from the copy bundled inside
@@ -51,7 +57,8 @@ is skipped when ``meta.json`` records the same build parameters.
 
 Usage::
 
-    python -m data.prepare movielens [--data_path DIR] [--seed N] [--k_core K] [--split temporal] [--force]
+    python -m data.prepare movielens [--data_path DIR] [--seed N] [--k_core K] [--split temporal|item-cold] [--force]
+    python -m data.prepare item-cold --src DIR --out DIR [--fraction F] [--seed N] [--force]
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -71,7 +79,11 @@ from pathlib import Path
 import numpy as np
 
 DATASET_NAME = "movielens"
-SPLITS = {"random": DATASET_NAME, "temporal": f"{DATASET_NAME}-temporal"}  # split -> folder name
+SPLITS = {"random": DATASET_NAME, "temporal": f"{DATASET_NAME}-temporal",
+          "item-cold": f"{DATASET_NAME}-item-cold"}  # split -> folder name
+COLD_FRACTION = 0.2   # item-cold split: share of the items made cold, half for validation, half for test
+COLD_FILE = "cold_items.json"
+ITEM_COLD_FORMAT = 1
 FORMAT_VERSION = 1
 DEFAULT_SEED = 2024
 DEFAULT_K_CORE = 5
@@ -488,6 +500,9 @@ def prepare_movielens(data_path="data", seed: int = DEFAULT_SEED, k_core: int = 
     """Build ``<data_path>/movielens`` (or ``movielens-temporal``) unless an identical build is there."""
     if split not in SPLITS:
         raise DatasetBuildError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
+    if split == "item-cold":
+        base = prepare_movielens(data_path, seed, k_core, force, verbose, split="random")
+        return write_item_cold_copy(base, Path(data_path) / SPLITS[split], seed=seed, verbose=verbose)
     if k_core < 3:
         raise DatasetBuildError(
             f"k_core must be at least 3 so every user has an item in train, val and test "
@@ -517,8 +532,152 @@ def prepare_movielens(data_path="data", seed: int = DEFAULT_SEED, k_core: int = 
     return dataset_dir
 
 
+# ----------------------------------------------------------------------------- item-cold split
+
+
+def choose_cold_items(interacted: np.ndarray, fraction: float, seed: int):
+    """(validation-cold, test-cold) sorted item ids: a seeded random ``fraction`` of the
+    ``interacted`` items (rounded half up), the first half of the draw to validation."""
+    if not 0 < fraction < 1:
+        raise DatasetBuildError(f"the cold fraction must lie strictly between 0 and 1 (got {fraction})")
+    n_cold = _holdout_size(interacted.size, fraction)
+    if n_cold < 2 or n_cold >= interacted.size:
+        raise DatasetBuildError(f"{interacted.size} items with interactions cannot give {n_cold} cold items "
+                                f"split into validation and test with warm items left")
+    chosen = np.random.default_rng(seed).permutation(interacted)[:n_cold]
+    return np.sort(chosen[: n_cold // 2]), np.sort(chosen[n_cold // 2:])
+
+
+def item_cold_split(train, val, test, fraction: float = COLD_FRACTION, seed: int = DEFAULT_SEED):
+    """Hold out cold items with ALL their interactions: (train, val, test, {"val": ids, "test": ids}).
+
+    Warm items keep their per-user split; every interaction of a validation-cold item, in any
+    split, goes to val, and every one of a test-cold item to test, so no cold item is trained on
+    and the two cold sets are disjoint (the item split of ALDI and CLCRec)."""
+    import scipy.sparse as sp
+
+    everything = (train + val + test).tocsr()
+    interacted = np.flatnonzero(np.diff(everything.tocsc().indptr) > 0)
+    val_cold, test_cold = choose_cold_items(interacted, fraction, seed)
+
+    def columns(mat, items):
+        mask = np.zeros(mat.shape[1], dtype=np.float32)
+        mask[items] = 1.0
+        kept = (sp.csr_matrix(mat) @ sp.diags(mask)).tocsr()
+        kept.eliminate_zeros()
+        return kept
+
+    warm = np.setdiff1d(np.arange(train.shape[1]), np.concatenate([val_cold, test_cold]))
+    return (columns(train, warm), columns(val, warm) + columns(everything, val_cold),
+            columns(test, warm) + columns(everything, test_cold), {"val": val_cold, "test": test_cold})
+
+
+def _write_item_cold(src: Path, folder: Path, fraction: float, seed: int, parameters: dict) -> dict:
+    """The item-cold copy of dataset folder ``src`` in ``folder``, in ``src``'s layout."""
+    import pickle
+
+    from utility.load_data import JSON_FILES, PICKLE_FILES, load_dataset
+
+    ds = load_dataset(str(src))
+    train, val, test, cold = item_cold_split(ds.train, ds.val, ds.test, fraction, seed)
+    files = JSON_FILES if ds.layout == "json" else PICKLE_FILES
+    for name, mat in zip(SPLIT_NAMES, (train, val, test)):
+        mat = mat.astype(np.float32).tocsr()
+        mat.sort_indices()
+        if ds.layout == "json":
+            _write_json(folder / files[name], {str(u): mat.indices[mat.indptr[u]:mat.indptr[u + 1]].tolist()
+                                               for u in np.flatnonzero(np.diff(mat.indptr))})
+        else:
+            with open(folder / files[name], "wb") as f:
+                pickle.dump(mat, f)
+    # features and everything else are copied byte for byte; a pickled train_mat would contradict train.json
+    skipped = {*JSON_FILES.values(), *PICKLE_FILES.values(), "train_mat", "meta.json", COLD_FILE}
+    for entry in sorted(src.iterdir()):
+        if entry.is_file() and entry.name not in skipped and not entry.name.startswith("."):
+            shutil.copyfile(entry, folder / entry.name)
+    _write_json(folder / COLD_FILE, {k: v.tolist() for k, v in cold.items()})
+    try:
+        meta = json.loads((src / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    meta.update(dataset=folder.name, n_train=int(train.nnz), n_val=int(val.nnz), n_test=int(test.nnz),
+                n_val_cold_items=int(cold["val"].size), n_test_cold_items=int(cold["test"].size),
+                item_cold=parameters)
+    with open(folder / "meta.json", "w") as f:   # last: its presence marks a complete copy
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+def item_cold_parameters(src, fraction: float = COLD_FRACTION, seed: int = DEFAULT_SEED) -> dict:
+    """What determines an item-cold copy; a copy whose meta.json records the same is reused."""
+    try:
+        source_build = json.loads((Path(src) / "meta.json").read_text()).get("build")
+    except (OSError, ValueError, AttributeError):
+        source_build = None
+    return {"format_version": ITEM_COLD_FORMAT, "source": Path(src).name, "source_build": source_build,
+            "fraction": fraction, "seed": seed,
+            "rule": "a random fraction of the items with interactions, halved into validation-cold and "
+                    "test-cold items, leaves train with all its interactions; warm items keep their split"}
+
+
+def write_item_cold_copy(src, out, fraction: float = COLD_FRACTION, seed: int = DEFAULT_SEED,
+                         force: bool = True, verbose: bool = True) -> Path:
+    """Write the item-cold copy of dataset folder ``src`` (either layout) to ``out``, atomically;
+    an identical copy is kept, and without ``force`` an existing other folder is refused."""
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise DatasetBuildError(f"{out}: the copy must go to another folder than its source")
+    parameters = item_cold_parameters(src, fraction, seed)
+    try:
+        if json.loads((out / "meta.json").read_text()).get("item_cold") == parameters:
+            if verbose:
+                print(f"[item-cold] {out} is up to date (copy of {src}); skipping", flush=True)
+            return out
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not force and out.exists() and any(out.iterdir()):
+        raise DatasetBuildError(f"{out}: folder exists and is not empty (use --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging_dir = out.parent / f".{out.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging_dir.mkdir()
+    try:
+        meta = _write_item_cold(src, staging_dir, fraction, seed, parameters)
+        _publish(staging_dir, out)
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    if verbose:
+        print(f"[item-cold] wrote {out}: {meta['n_val_cold_items']} validation-cold and {meta['n_test_cold_items']} "
+              f"test-cold items; train/val/test {meta['n_train']:,}/{meta['n_val']:,}/{meta['n_test']:,}", flush=True)
+    return out
+
+
+def item_cold_main(argv) -> None:
+    """``python -m data.prepare item-cold --src DIR --out DIR``: the item-cold copy of any dataset folder."""
+    from utility.errors import UserError
+
+    parser = argparse.ArgumentParser(prog="python -m data.prepare item-cold",
+                                     description="Write an item-cold copy of a dataset folder (docs/cold-start.md).")
+    parser.add_argument("--src", required=True, help="dataset folder (json or pickle layout)")
+    parser.add_argument("--out", required=True, help="folder to write; the copy keeps the source's layout")
+    parser.add_argument("--fraction", type=float, default=COLD_FRACTION,
+                        help="share of the items with interactions made cold, half for validation, half for test")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the cold items' draw")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--quiet", action="store_true", help="print nothing")
+    args = parser.parse_args(argv)
+    try:
+        write_item_cold_copy(args.src, args.out, args.fraction, args.seed, args.force, not args.quiet)
+    except (DatasetBuildError, UserError) as error:
+        parser.exit(2, f"error: {error}\n")
+
+
 def ensure_dataset(name: str, data_path="data", verbose: bool = True) -> Path:
-    """Return ``<data_path>/<name>``, building it first if it is a movielens build and stale."""
+    """Return ``<data_path>/<name>``, building it first if it is a dataset built here and stale."""
+    from data.domains import DATASETS, prepare_domain   # imports this module: not at the top
+
+    if name in DATASETS:
+        return prepare_domain(name, data_path, verbose=verbose)
     for split, folder in SPLITS.items():
         if name == folder:
             return prepare_movielens(data_path, verbose=verbose, split=split)
@@ -526,6 +685,9 @@ def ensure_dataset(name: str, data_path="data", verbose: bool = True) -> Path:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["item-cold"]:
+        return item_cold_main(argv[1:])
     parser = argparse.ArgumentParser(description="Build a dataset folder for training.")
     parser.add_argument("dataset", choices=[DATASET_NAME])
     parser.add_argument("--data_path", default="data", help="parent folder of the dataset")
@@ -533,7 +695,8 @@ def main(argv=None) -> None:
     parser.add_argument("--k_core", type=int, default=DEFAULT_K_CORE,
                         help="minimum interactions per user and per item")
     parser.add_argument("--split", choices=list(SPLITS), default="random",
-                        help="random per-user split (folder movielens) or by time (folder movielens-temporal)")
+                        help="random per-user split (folder movielens), by time (movielens-temporal) "
+                             "or with cold items held out (movielens-item-cold)")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
     args = parser.parse_args(argv)

@@ -1,9 +1,11 @@
 """Synthetic multi-modal recommendation datasets shaped like TikTok, Netflix or Amazon.
 
-    python -m data.synthetic --like tiktok [--scale 0.2] [--seed 2024] --out data/tiktok_synth
+    python -m data.synthetic --like tiktok [--scale 0.2] [--seed 2024] [--item_cold 0.2] --out data/tiktok_synth
 
 writes ``train.json``, ``val.json``, ``test.json`` (user-id string -> sorted item ids),
 one ``<modality>_feat.npy`` (float32, one row per item) per modality, and ``meta.json``.
+``--item_cold FRACTION`` then holds that share of the items out as new items, with all their
+interactions, and lists them in ``cold_items.json`` (``data.prepare.item_cold_split``).
 
 Generative model
 ----------------
@@ -484,6 +486,23 @@ def make_synthetic(like: str, out, scale: float = 1.0, seed: int = DEFAULT_SEED,
     return out
 
 
+def make_item_cold_synthetic(like: str, out, fraction: float, scale: float = 1.0, seed: int = DEFAULT_SEED,
+                             force: bool = False, verbose: bool = True) -> Path:
+    """The synthetic dataset with a seeded ``fraction`` of its items held out cold, with all their
+    interactions (``data.prepare.item_cold_split``; ``cold_items.json`` lists them)."""
+    from data.prepare import write_item_cold_copy
+
+    out = Path(out)
+    _check_out(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    warm = Path(tempfile.mkdtemp(prefix=f".{out.name}.warm-", dir=out.parent))
+    try:
+        make_synthetic(like, warm, scale=scale, seed=seed, force=True, verbose=verbose)
+        return write_item_cold_copy(warm, out, fraction, seed, force=True, verbose=verbose)
+    finally:
+        shutil.rmtree(warm, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- usefulness check
 
 def evaluate_baselines(path, k: int = 20, user_chunk: int = 2048) -> dict:
@@ -569,14 +588,23 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--item_cold", type=float, default=None, metavar="FRACTION",
+                        help="hold out this share of the items, with all their interactions, as cold items "
+                             "(half validation, half test; docs/cold-start.md)")
     parser.add_argument("--check", action="store_true",
                         help="afterwards print Recall@20 of simple recommenders with and without the modalities")
     args = parser.parse_args(argv)
     if not args.scale > 0:
         parser.error(f"--scale must be positive, got {args.scale}")
+    if args.item_cold is not None and not 0 < args.item_cold < 1:
+        parser.error(f"--item_cold must lie strictly between 0 and 1, got {args.item_cold}")
     try:
-        out = make_synthetic(args.like, args.out, scale=args.scale, seed=args.seed, force=args.force,
-                             verbose=not args.quiet)
+        if args.item_cold is None:
+            out = make_synthetic(args.like, args.out, scale=args.scale, seed=args.seed, force=args.force,
+                                 verbose=not args.quiet)
+        else:
+            out = make_item_cold_synthetic(args.like, args.out, args.item_cold, scale=args.scale, seed=args.seed,
+                                           force=args.force, verbose=not args.quiet)
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,203 @@
+"""New items: the content mapper + student against content baselines on an item-cold dataset.
+
+    python scripts/cold_start.py --dataset movielens-item-cold --seeds 2024 1 2 --main_args="--preset movielens"
+    python scripts/cold_start.py --dataset tiktok-item-cold --run_dirs RUN_2024 RUN_1 RUN_2
+
+One full ``main.py`` run per seed (or the given run folders), then on the cold test items (ranked
+among the cold test items) Recall@20 and NDCG@20 of: the mapper + student, the teacher's content
+path (its fused embedding of the cold items), content-kNN, popularity (0 for every cold item, so a
+random tie-break) and random; and, in one ranking of every item against all held-out test items,
+the mapper + student against the warm-only student. Every choice (the mapper's epoch and score
+weight, the kNN aggregation) is made on the validation-cold items. Mean ± sd over seeds; each key
+comparison's relative difference per seed (docs/cold-start.md).
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utility.cold_start import (KS, MapperConfig, cold_evaluator, cold_scores, content_features,  # noqa: E402
+                                content_knn_scores, evaluate_per_user, fit_mapper, items_without_training,
+                                masked_scores, popularity_tie_break_scores, random_scores, read_cold_items,
+                                serve_with_mapper)
+from utility.errors import UserError  # noqa: E402
+from utility.evaluate import RankingEvaluator, dot_scores  # noqa: E402
+from utility.load_data import load_dataset  # noqa: E402
+from utility.recommend import Recommender, read_config  # noqa: E402
+from utility.run_io import write_json  # noqa: E402
+from utility.stats import summarise  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("recall@20", "ndcg@20")
+COLD_METHODS = ("mapper + student", "teacher content path", "content-kNN", "popularity (random tie-break)", "random")
+MIXED_METHODS = ("mapper + student", "mapper + student, scale 1", "student, own rows for new items",
+                 "student, new items -inf", "teacher")
+# (ranking, control, treatment): the comparisons the acceptance target names
+COMPARISONS = (("cold", "content-kNN", "mapper + student"), ("cold", "teacher content path", "mapper + student"),
+               ("mixed", "student, own rows for new items", "mapper + student"),
+               ("mixed", "student, new items -inf", "mapper + student"))
+
+
+def train_run(dataset, data_path, seed, threads, main_args):
+    """One full main.py run in a subprocess; returns its run folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        results = os.path.join(tmp, "results.json")
+        command = [sys.executable, os.path.join(ROOT, "main.py"), "--dataset", dataset, "--data_path", data_path,
+                   "--seed", str(seed), "--threads", str(threads), "--no_plot", "--results_json", results,
+                   *shlex.split(main_args)]
+        print("$ " + " ".join(shlex.quote(c) for c in command[1:]), flush=True)
+        code = subprocess.call(command, cwd=ROOT)
+        if code != 0:
+            raise SystemExit(f"error: main.py exited with {code} (seed {seed})")
+        with open(results, encoding="utf-8") as f:
+            return json.load(f)["run_dir"]
+
+
+def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
+    """Every method on the cold test items and in the mixed ranking, choices made on validation.
+    The teacher is the run's stage-1 best (teacher.pt), the student its stage-2 best (student.pt)."""
+    config = read_config(run_dir)
+    ds = load_dataset(os.path.join(config["data_path"], config["dataset"]), name=config["dataset"])
+    cold = read_cold_items(ds.path, ds.n_items)
+    teacher, student = (Recommender.load(run_dir, model, device) for model in ("teacher", "student"))
+    teacher_user, teacher_item, student_user, student_item = (teacher.user_emb, teacher.item_emb,
+                                                              student.user_emb, student.item_emb)
+    new_items = items_without_training(ds.train)
+    warm_items = np.setdiff1d(np.arange(ds.n_items), new_items)
+    active_users = np.flatnonzero(np.diff(ds.train.indptr) > 0)
+    content = torch.from_numpy(content_features(ds.modality_feats, warm_items)).to(device)
+    evals = {split: cold_evaluator(getattr(ds, split), cold[split], KS, device) for split in ("val", "test")}
+    cold_content = {split: content[torch.as_tensor(cold[split], device=device)] for split in evals}
+
+    def mapper_score_fn(mapper, split):
+        with torch.no_grad():
+            return dot_scores(student_user, mapper(cold_content[split]))
+
+    fits = {}
+    for weight in score_weights:
+        cfg = MapperConfig(score_weight=weight, seed=seed)
+        mapper, epoch, history = fit_mapper(content, student_user, student_item, warm_items, active_users,
+                                            lambda m: evals["val"](mapper_score_fn(m, "val"))["recall@20"], cfg)
+        fits[weight] = dict(mapper=mapper, epoch=epoch, val=history[epoch - 1][2])
+        print(f"  mapper score weight {weight:g}: best epoch {epoch}, val recall@20 {fits[weight]['val']:.4f}",
+              flush=True)
+    weight = max(score_weights, key=lambda w: fits[w]["val"])
+    mapper = fits[weight]["mapper"]
+    knn_val = {how: evals["val"](content_knn_scores(ds.train, content.cpu(), cold["val"], how))["recall@20"]
+               for how in ("mean", "max")}
+    how = max(knn_val, key=knn_val.get)
+
+    def cold_methods(split):
+        return {"mapper + student": mapper_score_fn(mapper, split),
+                "teacher content path": cold_scores(teacher_user, teacher_item, cold[split]),
+                "content-kNN": content_knn_scores(ds.train, content.cpu(), cold[split], how),
+                "popularity (random tie-break)": popularity_tie_break_scores(ds.train, cold[split], seed),
+                "random": random_scores(len(cold[split]), seed)}
+
+    # the serving scale: on the mixed validation ranking (every item but the user's training items)
+    mixed_val = RankingEvaluator(ds.val, [ds.train], KS, device)
+    scale_val = {s: mixed_val(dot_scores(student_user, serve_with_mapper(student_item, mapper, content, new_items,
+                                                                          s)))["recall@20"] for s in serving_scales}
+    scale = max(serving_scales, key=scale_val.get)
+    result = {"run_dir": run_dir, "seed": seed,
+              "choices": {"mapper_score_weight": weight, "mapper_epoch": fits[weight]["epoch"],
+                          "mapper_val": {str(w): f["val"] for w, f in fits.items()},
+                          "serving_scale": scale, "serving_scale_val": {str(s): v for s, v in scale_val.items()},
+                          "knn": how, "knn_val": knn_val},
+              "val": {m: evals["val"](fn) for m, fn in cold_methods("val").items()},
+              "cold": {m: evaluate_per_user(evals["test"], fn, METRICS) for m, fn in cold_methods("test").items()}}
+    mixed_eval = RankingEvaluator(ds.test, [ds.train, ds.val], KS, device)
+    served = serve_with_mapper(student_item, mapper, content, new_items, scale)
+    unscaled = serve_with_mapper(student_item, mapper, content, new_items)
+    mixed = {"mapper + student": dot_scores(student_user, served),
+             "mapper + student, scale 1": dot_scores(student_user, unscaled),
+             "student, own rows for new items": dot_scores(student_user, student_item),
+             "student, new items -inf": masked_scores(student_user, student_item, new_items),
+             "teacher": dot_scores(teacher_user, teacher_item)}
+    result["mixed"] = {m: evaluate_per_user(mixed_eval, fn, METRICS) for m, fn in mixed.items()}
+    return result
+
+
+def summary(per_seed):
+    """{ranking: {method: {metric: (mean, sd)}}} over seeds, and the key comparisons per seed."""
+    table = {}
+    for ranking, methods in (("cold", COLD_METHODS), ("mixed", MIXED_METHODS)):
+        table[ranking] = {m: {k: summarise([r[ranking][m]["mean"][k] for r in per_seed]) for k in METRICS}
+                          for m in methods}
+    comparisons = []
+    for ranking, control, treatment in COMPARISONS:
+        for metric in METRICS:
+            rel = [100 * (r[ranking][treatment]["mean"][metric] / r[ranking][control]["mean"][metric] - 1)
+                   for r in per_seed]
+            comparisons.append(dict(ranking=ranking, control=control, treatment=treatment, metric=metric,
+                                    rel_diff_per_seed=rel, rel_diff_mean_sd=summarise(rel)))
+    return table, comparisons
+
+
+def format_report(dataset, seeds, table, comparisons):
+    lines = [f"{dataset}: mean ± sd over seeds {' '.join(map(str, seeds))}"]
+    for ranking, title in (("cold", "cold test items, ranked among the cold test items"),
+                           ("mixed", "every item, against all held-out test items")):
+        lines.append(f"\n{title}\n| method | Recall@20 | NDCG@20 |\n|---|---:|---:|")
+        for method, values in table[ranking].items():
+            cells = [f"{m:.4f} ± {sd:.4f}" if sd is not None else f"{m:.4f}" for m, sd in values.values()]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("\nrelative difference, treatment vs control, per seed")
+    for c in comparisons:
+        per_seed = ", ".join(f"{x:+.1f}%" for x in c["rel_diff_per_seed"])
+        lines.append(f"  {c['ranking']}: {c['treatment']} vs {c['control']}, {c['metric']}: {per_seed}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, help="an item-cold dataset folder under --data_path")
+    p.add_argument("--data_path", default="data")
+    p.add_argument("--seeds", type=int, nargs="+", default=[2024, 1, 2])
+    p.add_argument("--run_dirs", nargs="+", default=None,
+                   help="evaluate these finished run folders (one per seed, in --seeds order) instead of training")
+    p.add_argument("--main_args", default="", help="further main.py flags, e.g. \"--preset movielens\"")
+    p.add_argument("--score_weights", type=float, nargs="+", default=[0.0, 1.0, 10.0],
+                   help="the mapper's score-alignment weights tried; chosen on validation")
+    p.add_argument("--serving_scales", type=float, nargs="+", default=[1.0, 0.5, 1.25, 1.5, 1.75, 2.0, 3.0],
+                   help="scales of the mapper's vectors in a ranking with warm items; chosen on validation")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="JSON summary (default: runs/<dataset>/cold-start.json)")
+    args = p.parse_args(argv)
+    if args.run_dirs is not None and len(args.run_dirs) != len(args.seeds):
+        p.error(f"--run_dirs: {len(args.run_dirs)} folders for {len(args.seeds)} seeds")
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    try:
+        per_seed = []
+        for i, seed in enumerate(args.seeds):
+            run_dir = (args.run_dirs[i] if args.run_dirs else
+                       train_run(args.dataset, args.data_path, seed, args.threads, args.main_args))
+            print(f"seed {seed}: {run_dir}", flush=True)
+            per_seed.append(evaluate_run(run_dir, seed, args.score_weights, args.serving_scales, device))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    table, comparisons = summary(per_seed)
+    print(format_report(args.dataset, args.seeds, table, comparisons))
+    out = args.out or os.path.join(ROOT, "runs", args.dataset, "cold-start.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    write_json(dict(dataset=args.dataset, seeds=args.seeds, table=table, comparisons=comparisons,
+                    runs=[{k: v for k, v in r.items() if k in ("run_dir", "seed", "choices", "val")} for r in per_seed],
+                    per_user={r["seed"]: {ranking: {m: {k: np.asarray(v).tolist() for k, v in res.items() if k != "mean"}
+                                                    for m, res in r[ranking].items()} for ranking in ("cold", "mixed")}
+                              for r in per_seed}), out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

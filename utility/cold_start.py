@@ -1,0 +1,249 @@
+"""New items (item cold start): a content mapper that gives the ID-only student an embedding for
+items nobody has interacted with, the content baselines it is measured against, and the rankings
+that measure them (docs/cold-start.md).
+
+The mapper is a two-layer MLP from an item's modality features (each modality standardised, then
+scaled to equal weight) to the student's item embedding. It is distilled on warm items, in the
+spirit of ALDI (SIGIR 2023): its vectors regress the student's item embeddings, and its scores for
+sampled users follow the student's score distribution over the batch's items. Its epoch and loss
+weights are chosen on the validation-cold items only. The student then serves warm items from its
+table and items without training interactions from the mapper, without retraining.
+"""
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utility.errors import DataError, file_error
+from utility.evaluate import RankingEvaluator, dot_scores
+
+COLD_FILE = "cold_items.json"
+KS = (20,)
+
+
+# ---------------------------------------------------------------- data
+
+def read_cold_items(path, n_items):
+    """{"val": ids, "test": ids} of an item-cold dataset folder, validated against ``n_items``."""
+    file = os.path.join(path, COLD_FILE)
+    if not os.path.isfile(file):
+        raise DataError(f"{file}: file not found; not an item-cold dataset (python -m data.prepare item-cold "
+                        f"--src DIR --out DIR writes one)")
+    try:
+        with open(file, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError) as e:
+        raise file_error(file, f"cannot be read as JSON ({e})") from None
+    if not isinstance(obj, dict) or set(obj) != {"val", "test"}:
+        raise file_error(file, 'expected {"val": [item ids], "test": [item ids]}')
+    cold = {}
+    for split, items in obj.items():
+        if not isinstance(items, list) or not items or not all(type(i) is int for i in items):
+            raise file_error(file, f'"{split}" must be a non-empty list of integer item ids')
+        ids = np.asarray(items, dtype=np.int64)
+        if ids.min() < 0 or ids.max() >= n_items:
+            raise file_error(file, f'"{split}": item ids must lie in 0..{n_items - 1}')
+        cold[split] = np.unique(ids)
+    if np.intersect1d(cold["val"], cold["test"]).size:
+        raise file_error(file, "the validation and test cold items overlap")
+    return cold
+
+
+def items_without_training(train):
+    """Item ids without a training interaction: the items the student cannot score."""
+    return np.flatnonzero(np.diff(sp.csc_matrix(train).indptr) == 0)
+
+
+def content_features(modality_feats, fit_items):
+    """(n_items, sum of dims) float32: each modality's columns standardised with the mean and sd of
+    the ``fit_items`` rows (the warm items: a new item must not shift them), then scaled by
+    1/sqrt(dim), so that every modality weighs the same whatever its width."""
+    blocks = []
+    for name in sorted(modality_feats):
+        x = np.asarray(modality_feats[name], dtype=np.float64)
+        mean, sd = x[fit_items].mean(0), x[fit_items].std(0)
+        blocks.append((x - mean) / np.where(sd > 0, sd, 1.0) / np.sqrt(x.shape[1]))
+    return np.hstack(blocks).astype(np.float32)
+
+
+# ---------------------------------------------------------------- the mapper
+
+class ContentMapper(nn.Module):
+    """Item content -> the student's item embedding: Linear -> GELU -> Linear."""
+
+    def __init__(self, in_dim, out_dim, hidden=256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, content):
+        return self.net(content)
+
+
+def mapper_loss(mapped, target, users, score_weight, temperature=1.0):
+    """{"emb": mean squared error of the mapped against the target item embeddings (per element),
+    "score": tau^2 KL(softmax(target scores / tau) || softmax(mapped scores / tau)) over the batch's
+    items, averaged over the sampled ``users``} and their weighted sum "loss".
+
+    The score term is the rating-distribution alignment: a user's scores of the mapped items should
+    rank and spread like the student's own scores of those items."""
+    emb = F.mse_loss(mapped, target)
+    terms = {"emb": emb}
+    loss = emb
+    if score_weight:
+        target_logp = F.log_softmax(users @ target.T / temperature, dim=1)
+        mapped_logp = F.log_softmax(users @ mapped.T / temperature, dim=1)
+        score = temperature ** 2 * F.kl_div(mapped_logp, target_logp, log_target=True, reduction="batchmean")
+        terms["score"] = score
+        loss = loss + score_weight * score
+    terms["loss"] = loss
+    return terms
+
+
+@dataclass(frozen=True)
+class MapperConfig:
+    """The mapper's width and training; ``score_weight`` and the epoch are chosen on validation."""
+
+    hidden: int = 256
+    score_weight: float = 1.0
+    temperature: float = 1.0
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_items: int = 256
+    batch_users: int = 256
+    max_epochs: int = 200
+    patience: int = 10          # epochs without a better validation score before stopping
+    seed: int = 2024
+
+
+def fit_mapper(content, user_emb, item_emb, warm_items, active_users, validate, cfg=MapperConfig(), progress=False):
+    """Train a :class:`ContentMapper` on the ``warm_items`` rows of ``content`` -> ``item_emb``.
+
+    Each step takes a batch of warm items and ``batch_users`` users drawn from ``active_users``.
+    ``validate(mapper) -> float`` (higher is better) is called after every epoch; the best epoch's
+    weights are returned with the history: (mapper, best_epoch, [(epoch, loss, score), ...])."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    mapper = ContentMapper(content.shape[1], item_emb.shape[1], cfg.hidden).to(content.device)
+    optimizer = torch.optim.AdamW(mapper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = torch.as_tensor(warm_items, dtype=torch.int64)
+    active = torch.as_tensor(active_users, dtype=torch.int64)
+    best, best_epoch, best_state, history = -np.inf, 0, None, []
+    epochs = tqdm(range(1, cfg.max_epochs + 1), desc="content mapper", disable=not progress)
+    for epoch in epochs:
+        mapper.train()
+        order = warm[torch.randperm(warm.numel(), generator=generator)]
+        total = 0.0
+        for start in range(0, order.numel(), cfg.batch_items):
+            items = order[start:start + cfg.batch_items].to(content.device)
+            users = active[torch.randint(active.numel(), (cfg.batch_users,), generator=generator)].to(content.device)
+            terms = mapper_loss(mapper(content[items]), item_emb[items], user_emb[users], cfg.score_weight,
+                                cfg.temperature)
+            optimizer.zero_grad()
+            terms["loss"].backward()
+            optimizer.step()
+            total += terms["loss"].item() * items.numel()
+        mapper.eval()
+        with torch.no_grad():
+            score = float(validate(mapper))
+        history.append((epoch, total / order.numel(), score))
+        if score > best:
+            best, best_epoch = score, epoch
+            best_state = {k: v.detach().clone() for k, v in mapper.state_dict().items()}
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    mapper.load_state_dict(best_state)
+    mapper.eval()
+    return mapper, best_epoch, history
+
+
+@torch.no_grad()
+def serve_with_mapper(item_emb, mapper, content, new_items, scale=1.0):
+    """The student's item table with the rows of ``new_items`` replaced by the mapper's vectors times
+    ``scale``. A regression shrinks its vectors towards the mean, and so their scores against warm
+    items' in one ranking; the scale (chosen on validation) undoes that and leaves any ranking
+    among new items alone."""
+    table = item_emb.clone()
+    new = torch.as_tensor(new_items, dtype=torch.int64, device=item_emb.device)
+    table[new] = scale * mapper(content[new])
+    return table
+
+
+# ---------------------------------------------------------------- baselines
+
+def content_knn_scores(train, content, candidates, how):
+    """score_fn(users) -> (users, candidates): how similar each candidate item's content is to the
+    user's training items' content, by cosine; ``how`` "mean" or "max" over the training items.
+    A user without training items scores every candidate 0."""
+    unit = F.normalize(torch.as_tensor(content), dim=1)
+    sims = unit @ unit[torch.as_tensor(candidates, dtype=torch.int64)].T      # (n_items, n_candidates)
+    train = sp.csr_matrix(train)
+    if how == "mean":
+        counts = np.maximum(np.diff(train.indptr), 1)
+        profile = sp.diags(1.0 / counts) @ train
+
+        def score_fn(users):
+            rows = profile[users.cpu().numpy()].tocoo()
+            out = torch.zeros(len(users), sims.shape[1])
+            out.index_add_(0, torch.as_tensor(rows.row, dtype=torch.int64),
+                           torch.as_tensor(rows.data, dtype=torch.float32)[:, None] * sims[rows.col])
+            return out
+    elif how == "max":
+        def score_fn(users):
+            rows = train[users.cpu().numpy()].tocoo()
+            index = torch.as_tensor(rows.row, dtype=torch.int64)[:, None].expand(-1, sims.shape[1])
+            out = torch.full((len(users), sims.shape[1]), -torch.inf)
+            out.scatter_reduce_(0, index, sims[rows.col], reduce="amax")
+            return torch.where(torch.isinf(out), torch.zeros_like(out), out)
+    else:
+        raise ValueError(f"content_knn_scores: how must be 'mean' or 'max', got {how!r}")
+    return score_fn
+
+
+def popularity_tie_break_scores(train, candidates, seed):
+    """score_fn: the candidates' training popularity, ties broken by a fixed random order. Cold
+    items all have popularity 0, so among them this is a random ranking."""
+    popularity = np.asarray(sp.csr_matrix(train).sum(axis=0)).ravel()[candidates]
+    order = np.random.default_rng(seed).random(len(candidates))
+    scores = torch.as_tensor(popularity + 0.5 * order, dtype=torch.float32)
+    return lambda users: scores.repeat(len(users), 1)
+
+
+def random_scores(n_candidates, seed):
+    """score_fn: independent uniform scores for every user and candidate (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda users: torch.rand(len(users), n_candidates, generator=generator)
+
+
+# ---------------------------------------------------------------- rankings
+
+def cold_evaluator(truth, cold_items, ks=KS, device="cpu"):
+    """Ranking among the ``cold_items`` only: users with a held-out interaction with one of them,
+    every cold item a candidate, nothing excluded (no cold item was ever trained on). Its
+    score_fn returns (users, len(cold_items)) scores."""
+    truth = sp.csr_matrix(truth)[:, cold_items]
+    return RankingEvaluator(truth, [], ks, device)
+
+
+def cold_scores(user_emb, item_emb, cold_items):
+    """score_fn of an embedding model over the cold items only."""
+    return dot_scores(user_emb, item_emb[torch.as_tensor(cold_items, dtype=torch.int64, device=item_emb.device)])
+
+
+def masked_scores(user_emb, item_emb, masked_items):
+    """score_fn over all items with ``masked_items`` scored -inf (a model that never shows them)."""
+    mask = torch.zeros(item_emb.shape[0], dtype=torch.bool, device=item_emb.device)
+    mask[torch.as_tensor(masked_items, dtype=torch.int64, device=item_emb.device)] = True
+    return lambda users: (user_emb[users] @ item_emb.T).masked_fill(mask, -torch.inf)
+
+
+def evaluate_per_user(evaluator, score_fn, names=("recall@20", "ndcg@20")):
+    """{"users": ids, name: per-user values, "mean": {name: mean}} of one model on one ranking."""
+    per_user = evaluator.per_user(score_fn, names)
+    per_user["mean"] = {name: float(per_user[name].mean()) if per_user[name].size else 0.0 for name in names}
+    return per_user
