@@ -218,15 +218,15 @@ def _cell(value):
 
 def baseline_table(rows, valid_metric):
     """The run's summary-table layout (test Recall/NDCG at 20 and 50), plus the value chosen on
-    validation and its validation score."""
+    validation (or a row's ``note``) and its validation score."""
     cols = [c for c in TABLE_METRICS if c in rows[0]["test"]]
     width = max(11, max(len(_cell(r["test"][c])) + 2 for r in rows for c in cols))
     header = f"{'test':<22}" + "".join(f"{c:>{width}}" for c in cols) + f"{'val ' + valid_metric:>{width + 4}}  selected"
     lines = [header, "-" * len(header)]
     for r in rows:
         name = r["name"] + ("" if r.get("converged", True) else " (capped)")
-        selected = f"{r['param']} = {r['selected']}" if "param" in r else (
-            f"{len(r['runs'])} seeds" if "runs" in r else "-")
+        selected = r.get("note") or (f"{r['param']} = {r['selected']}" if "param" in r else (
+            f"{len(r['runs'])} seeds" if "runs" in r else "-"))
         lines.append(f"{name:<22}" + "".join(f"{_cell(r['test'][c]):>{width}}" for c in cols)
                      + f"{_cell(r['val'][valid_metric]):>{width + 4}}  {selected}")
     return "\n".join(lines)
