@@ -68,11 +68,8 @@ class Recommender:
         if ckpt.get("data") != signature:
             raise UserError(f"{folder}: not the data {os.path.join(run_dir, model + '.pt')} was trained on "
                             f"(checkpoint: {ckpt.get('data')}; folder: {signature})")
-        device = torch.device(device)
-        if model == "student":
-            user, item = student_embeddings(ckpt, config, ds, device)
-        else:
-            user, item = teacher_embeddings(ckpt, config, ds, device)
+        build = load_student if model == "student" else load_teacher
+        user, item = final_embeddings(build(ckpt, config, ds, torch.device(device)))
         return cls(model, user.float().contiguous(), item.float().contiguous(), ds.train.tocsr(), config["dataset"],
                    signature, run_dir, read_id_map(folder, ds))
 
@@ -239,9 +236,8 @@ def read_id_map(folder, ds):
     return id_map
 
 
-@torch.no_grad()
-def student_embeddings(ckpt, config, ds, device):
-    """The LightGCN student's propagated embeddings, as its evaluation computed them."""
+def load_student(ckpt, config, ds, device):
+    """The run's LightGCN student with its best-validation weights, in evaluation mode."""
     from Models import LightGCNStudent
     from utility.graph import sym_norm_blocks, to_torch_csr
 
@@ -253,13 +249,11 @@ def student_embeddings(ckpt, config, ds, device):
     norm_ui, norm_iu = (to_torch_csr(m).to(device) for m in sym_norm_blocks(ds.train))
     student = LightGCNStudent(norm_ui, norm_iu, state["user_emb"].shape[1], n_layers).to(device)
     student.load_state_dict(state)
-    student.eval()
-    return student()
+    return student.eval()
 
 
-@torch.no_grad()
-def teacher_embeddings(ckpt, config, ds, device):
-    """The teacher's fused embeddings e^T: its whole forward pass over the graphs and the features."""
+def load_teacher(ckpt, config, ds, device):
+    """The run's teacher (stage 1, best validation) with its graphs, features and hard tokens."""
     from Models import Teacher
     from utility.features import default_cache_dir, item_hard_tokens
     from utility.graph import build_graphs, cached_knn_graphs, knn_tensors
@@ -277,9 +271,17 @@ def teacher_embeddings(ckpt, config, ds, device):
     feats = {m: torch.from_numpy(x).to(device) for m, x in ds.modality_feats.items()}
     teacher = Teacher(graphs, feats, tokens, cfg).to(device)
     teacher.load_state_dict(ckpt["models"]["teacher"])
-    teacher.eval()
-    out = teacher()
-    return out.user, out.item
+    return teacher.eval()
+
+
+@torch.no_grad()
+def final_embeddings(model):
+    """(user, item) embeddings that a model scores with: the student's propagated tables, the
+    teacher's fused e^T (its whole forward pass over graphs and features)."""
+    from Models import TeacherOutput
+
+    out = model()
+    return (out.user, out.item) if isinstance(out, TeacherOutput) else out
 
 
 def block_size(n_items):
@@ -300,6 +302,24 @@ def import_faiss():
 FAISS_INDEXES = ("flat", "hnsw")
 HNSW_NEIGHBOURS = 32     # M: links per node of the HNSW graph
 HNSW_EF_CONSTRUCTION = 200
+
+
+def search_unseen(index, queries, seen, k):
+    """(ids, scores) of each query's k best items in a faiss index, a user's seen items (the rows of
+    ``seen``, a users x items CSR matrix, one per query) left out: the index is asked for k plus
+    the most items any of the queries has seen, and those are dropped. Missing places: id -1."""
+    counts = np.diff(seen.indptr)
+    fetch = min(index.ntotal, k + int(counts.max(initial=0)))
+    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+    rows = np.repeat(np.arange(len(ids)), counts)
+    keys = np.sort(rows * index.ntotal + seen.indices)
+    flat = np.arange(len(ids))[:, None] * index.ntotal + ids
+    where = np.minimum(np.searchsorted(keys, flat), max(0, keys.size - 1))
+    drop = (ids < 0) | ((keys[where] == flat) if keys.size else False)
+    order = np.argsort(drop, axis=1, kind="stable")[:, :k]   # kept places first, in the index's order
+    ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+    missing = np.take_along_axis(drop, order, 1)
+    return np.where(missing, -1, ids), np.where(missing, -np.inf, scores).astype(np.float32)
 
 
 def build_faiss_index(item_emb, kind="flat"):
