@@ -6,7 +6,7 @@ and LightGCN run to convergence.
 
 Every baseline is scored by :class:`utility.evaluate.RankingEvaluator`, exactly as a run is: full
 ranking, a user's training items excluded, at test time the validation items too unless
-``--no_exclude_val``. EASE's lambda and ItemKNN's k are chosen on validation ``--valid_metric``
+``--no_exclude_val``. EASE's lambda and ItemKNN's k and shrink are chosen on validation ``--valid_metric``
 (Recall@20) from a grid; the test split is evaluated once, for the chosen value. LightGCN is the
 project's teacher with its modality branch and prompts off, run by ``main.py`` in a subprocess per
 seed with a long epoch cap and patience; a seed that ended at the cap is a lower bound ("capped").
@@ -36,6 +36,7 @@ from utility.run_io import write_json  # noqa: E402
 MODELS = ("mostpop", "ease", "itemknn", "lightgcn")
 EASE_LAMBDAS = (1, 10, 50, 100, 200, 500, 1000, 2000, 5000)
 KNN_KS = (10, 20, 50, 100, 200, 500)
+KNN_SHRINKS = (0, 10, 100)
 EASE_MAX_ITEMS = 16000   # 3 items x items float64 matrices at the peak: 6 GB at this size
 TABLE_METRICS = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (20, 50)]
 
@@ -85,20 +86,21 @@ def ease_weights(gram_matrix, lam):
     return b.float()
 
 
-def knn_neighbours(train, max_k, block=1024):
-    """(values, indices), each (n_items, max_k): every item's most cosine-similar other items on the
-    training matrix, best first. Items are compared in blocks so memory stays at block x n_items."""
+def knn_neighbours(train, max_k, shrink=0.0, block=1024):
+    """(values, indices), each (n_items, max_k): every item's most similar other items on the training
+    matrix, best first. Similarity: x_i . x_j / (|x_i| |x_j| + shrink), the cosine when shrink is 0; the
+    shrink term discounts pairs that share few users (on sparse data the cosine of two items with one
+    user each is 1). Items are compared in blocks so memory stays at block x n_items."""
     x = sp.csr_matrix(train, dtype=np.float32)
     n_items = x.shape[1]
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(0)).ravel())
-    inv = np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
-    xn = x @ sp.diags(inv)
-    xt = sp.csr_matrix(xn.T)
+    norms = torch.as_tensor(np.sqrt(np.asarray(x.multiply(x).sum(0)).ravel()))
+    xt = sp.csr_matrix(x.T)
     max_k = min(max_k, n_items - 1)
     values, indices = [], []
     for start in tqdm(range(0, n_items, block), desc="item similarities", leave=False):
         end = min(start + block, n_items)
-        sim = torch.as_tensor((xt[start:end] @ xn).toarray())
+        dot = torch.as_tensor((xt[start:end] @ x).toarray())
+        sim = dot / (norms[start:end, None] * norms[None, :] + shrink).clamp(min=1e-12)
         sim[torch.arange(end - start), torch.arange(start, end)] = -torch.inf   # an item is not its own neighbour
         top = torch.topk(sim, max_k, dim=1)
         values.append(top.values)
@@ -247,6 +249,8 @@ def build_parser():
     p.add_argument("--ease_max_items", type=int, default=EASE_MAX_ITEMS,
                    help="refuse EASE above this many items (memory: 3 x n_items^2 x 8 bytes)")
     p.add_argument("--knn_ks", type=int, nargs="+", default=list(KNN_KS))
+    p.add_argument("--knn_shrinks", type=float, nargs="+", default=list(KNN_SHRINKS),
+                   help="ItemKNN similarity shrink terms (0: cosine), searched jointly with --knn_ks")
     p.add_argument("--seeds", type=int, nargs="+", default=[2024, 1, 2], help="LightGCN seeds")
     p.add_argument("--lightgcn_epochs", type=int, default=1000, help="LightGCN's epoch cap")
     p.add_argument("--lightgcn_patience", type=int, default=50, help="LightGCN's early-stopping patience (epochs)")
@@ -260,8 +264,8 @@ def check_args(args, n_items):
     if metric not in ("recall", "ndcg", "precision", "hit") or not k.isdigit() or int(k) not in args.topk:
         raise UserError(f"--valid_metric {args.valid_metric}: expected recall, ndcg, precision or hit @K with K "
                         f"one of --topk {args.topk}")
-    if min(args.topk) < 1 or min(args.knn_ks) < 1 or min(args.ease_lambdas) <= 0:
-        raise UserError("--topk and --knn_ks must be at least 1, --ease_lambdas positive")
+    if min(args.topk) < 1 or min(args.knn_ks) < 1 or min(args.ease_lambdas) <= 0 or min(args.knn_shrinks) < 0:
+        raise UserError("--topk and --knn_ks must be at least 1, --ease_lambdas positive, --knn_shrinks not negative")
     if "ease" in args.models and n_items > args.ease_max_items:
         raise UserError(f"EASE on {n_items} items needs 3 x {n_items}^2 x 8 bytes = "
                         f"{3 * n_items ** 2 * 8 / 2 ** 30:.1f} GiB; above --ease_max_items {args.ease_max_items} "
@@ -296,9 +300,10 @@ def run(args):
                                    val_eval, test_eval, args.valid_metric))
         del g
     if "itemknn" in args.models:
-        values, indices = knn_neighbours(ds.train, max(args.knn_ks))
-        rows.append(tuned_baseline("ItemKNN", "k", sorted(set(min(k, ds.n_items - 1) for k in args.knn_ks)),
-                                   lambda k: item_item_scores(ds.train, knn_weights(values, indices, k)),
+        neighbours = {s: knn_neighbours(ds.train, max(args.knn_ks), s) for s in args.knn_shrinks}
+        ks = sorted(set(min(k, ds.n_items - 1) for k in args.knn_ks))
+        rows.append(tuned_baseline("ItemKNN", "k, shrink", [(k, s) for s in args.knn_shrinks for k in ks],
+                                   lambda pair: item_item_scores(ds.train, knn_weights(*neighbours[pair[1]], pair[0])),
                                    val_eval, test_eval, args.valid_metric))
     if "lightgcn" in args.models:
         rows.append(run_lightgcn(args))

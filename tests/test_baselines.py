@@ -55,14 +55,14 @@ def test_dense_rows_gathers_any_users_in_any_order():
     np.testing.assert_array_equal(bl.dense_rows(ptr, idx, users, 7).numpy(), x[users.numpy()].toarray())
 
 
-@pytest.mark.parametrize("k", [1, 3, 5])
-def test_itemknn_keeps_the_k_most_cosine_similar_items_of_each_target(k):
+@pytest.mark.parametrize("k, shrink", [(1, 0.0), (3, 0.0), (5, 0.0), (3, 4.0)])
+def test_itemknn_keeps_the_k_most_similar_items_of_each_target(k, shrink):
     x = random_binary(n_users=40, n_items=10, seed=2)
     train = sp.csr_matrix(x)
-    values, indices = bl.knn_neighbours(train, max_k=6, block=3)
+    values, indices = bl.knn_neighbours(train, max_k=6, shrink=shrink, block=3)
     s = bl.knn_weights(values, indices, k).to_dense().numpy()
     norms = np.linalg.norm(x, axis=0)
-    cos = (x.T @ x) / np.outer(norms, norms)
+    cos = (x.T @ x) / (np.outer(norms, norms) + shrink)
     np.fill_diagonal(cos, -np.inf)
     for j in range(x.shape[1]):
         kept = np.flatnonzero(s[:, j])
@@ -200,7 +200,7 @@ def test_command_line_on_tiny_data_prints_the_table_and_writes_json(tiny_json, t
     with open(out) as f:
         result = json.load(f)
     rows = {r["name"]: r for r in result["baselines"]}
-    assert rows["EASE"]["selected"] in (1, 10) and rows["ItemKNN"]["selected"] in (3, 39)   # k capped at items - 1
+    assert rows["EASE"]["selected"] in (1, 10) and tuple(rows["ItemKNN"]["selected"]) in {(k, s) for k in (3, 39) for s in (0, 10, 100)}   # k capped
     assert result["exclude_val"] is True and set(rows["EASE"]["test"]) >= {"recall@20", "ndcg@20"}
 
 
