@@ -10,9 +10,10 @@ and "neither" (random initialisation, no KD).
 
 --seeds runs the whole study once per seed (default: once, with main.py's default seed): per seed
 the teacher is retrained (and the w/o-prompt variant's teacher too), and every cell becomes mean ±
-sd over seeds. Each variant's p is a two-sided Wilcoxon signed-rank test of its per-user test
-Recall@20 against the full model's, the (user, seed) pairs of every seed pooled into one paired
-sample. With --teacher_ckpt, every variant but w/o prompt distils that one teacher, for every seed.
+sd over seeds. Each variant is set against the full model on per-user test Recall@20: the relative
+difference of the means with a 95 % interval from a paired bootstrap over seeds and test users
+(utility/stats.py two_way_bootstrap: seeds, not (user, seed) pairs, are the replicates of training)
+and the number of seeds whose own difference has its sign. With --teacher_ckpt, every variant but w/o prompt distils that one teacher, for every seed.
 
 Writes a markdown table of test (and validation) Recall@20 / NDCG@20, and the same as JSON.
 Flags after the script's own are passed to every main.py run (e.g. --student_epoch).
@@ -28,9 +29,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from scripts.seeds import (DASH, RunFailed, flag_given, fmt_mean_sd, fmt_p, json_safe, load_per_user,  # noqa: E402
-                           run_main, write_report)
-from utility.stats import PAIRED_METRICS as METRICS, paired_test, summarise  # noqa: E402
+from scripts.seeds import (DASH, RunFailed, flag_given, fmt_mean_sd, fmt_rel, json_safe, load_per_user,  # noqa: E402
+                           run_main, seeds_by_users, write_report)
+from utility.stats import PAIRED_METRICS as METRICS, summarise, two_way_bootstrap  # noqa: E402
 
 FULL = "PromptMM (full)"
 VARIANTS = [
@@ -93,19 +94,18 @@ def summary(runs, part):
 
 
 def against_full(runs, full_runs, metric="recall@20"):
-    """Pooled paired test of a variant's per-user test metric against the full model's (None when a
-    run left no per-user file)."""
-    xs, ys = [], []
-    for full, run in zip(full_runs, runs):
-        try:
-            a, b = load_per_user(full["run_dir"], "student"), load_per_user(run["run_dir"], "student")
-        except RunFailed:
-            return None
-        if not np.array_equal(a["users"], b["users"]):
-            return None
-        xs.append(a[metric])
-        ys.append(b[metric])
-    return paired_test(np.concatenate(xs), np.concatenate(ys))
+    """A variant's per-user test metric against the full model's over seeds and test users
+    (:func:`utility.stats.two_way_bootstrap`, the full model as A); None when a run left no per-user
+    file or a seed's two runs scored different users."""
+    try:
+        pairs = [(load_per_user(full["run_dir"], "student"), load_per_user(run["run_dir"], "student"))
+                 for full, run in zip(full_runs, runs)]
+    except RunFailed:
+        return None
+    if not all(np.array_equal(a["users"], b["users"]) for a, b in pairs):
+        return None
+    arm_a, arm_b = seeds_by_users([a for a, _ in pairs], [b for _, b in pairs], metric)
+    return two_way_bootstrap(arm_a, arm_b) if arm_a.shape[1] > 1 else None
 
 
 def cell(s, metric):
@@ -120,20 +120,28 @@ def format_table(report):
                if report["teacher"]["shared"] else "teacher retrained per seed")
     lines = [f"Ablation on `{report['dataset']}` (student: test split at the best validation epoch; "
              f"seed{'s' if several else ''} {', '.join(map(str, seeds))}"
-             f"{': mean ± sd over seeds' if several else ''}; {teacher}; p: two-sided Wilcoxon signed-rank test "
-             "of per-user test Recall@20 against the full model, the (user, seed) pairs of every seed pooled; "
+             f"{': mean ± sd over seeds' if several else ''}; {teacher}; vs full: the relative difference of "
+             "per-user test Recall@20 to the full model's, with its 95 % interval from a paired bootstrap over "
+             "seeds and test users and the seeds whose own difference has its sign; "
              f"command: `{report['command']}`)", "",
-             "| variant | flags | test Recall@20 | test NDCG@20 | val Recall@20 | p (Recall@20 vs full) | best epoch |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| variant | flags | test Recall@20 | test NDCG@20 | val Recall@20 | Recall@20 vs full (%) "
+             "| 95 % interval | same sign | best epoch |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|"]
     for name, variant in (("teacher", FULL), ("teacher (no prompt)", "w/o prompt")):
         row = next(r for r in report["rows"] if r["variant"] == variant)
         lines.append(f"| {name} | | {cell(row['teacher_test'], 'recall@20')} | "
-                     f"{cell(row['teacher_test'], 'ndcg@20')} | {cell(row['teacher_val'], 'recall@20')} | | |")
+                     f"{cell(row['teacher_test'], 'ndcg@20')} | {cell(row['teacher_val'], 'recall@20')} | | | | |")
     for r in report["rows"]:
-        p = DASH if r["variant"] == FULL or r["p_vs_full"] is None else fmt_p(r["p_vs_full"]["p"])
+        vs = r["vs_full"]
+        if r["variant"] == FULL or vs is None or vs["rel_diff"] is None:
+            versus = [DASH] * 3
+        else:
+            versus = [fmt_rel(vs["rel_diff"]), f"[{vs['interval'][0]:+.2f}, {vs['interval'][1]:+.2f}]",
+                      f"{vs['sign_agreement']} of {vs['n_seeds']}"]
         epochs = ", ".join(str(run["best_epoch"]) for run in r["runs"])
         lines.append(f"| {r['variant']} | `{r['flags']}` | {cell(r['test'], 'recall@20')} | "
-                     f"{cell(r['test'], 'ndcg@20')} | {cell(r['val'], 'recall@20')} | {p} | {epochs} |")
+                     f"{cell(r['test'], 'ndcg@20')} | {cell(r['val'], 'recall@20')} | " + " | ".join(versus)
+                     + f" | {epochs} |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,15 +181,15 @@ def main(argv=None):
         rows.append(dict(variant=label, flags=" ".join(extra), runs=rs,
                          test=summary(rs, "test"), val=summary(rs, "val"),
                          teacher_test=summary(rs, "teacher_test"), teacher_val=summary(rs, "teacher_val"),
-                         p_vs_full=against_full(rs, runs[FULL])))
+                         vs_full=against_full(rs, runs[FULL])))
     report = json_safe(dict(
         dataset=args.dataset, command="python scripts/ablation.py " + shlex.join(argv),
         seeds=[r["seed"] for r in runs[FULL]],
         teacher=dict(shared=bool(args.teacher_ckpt), teacher_ckpt=args.teacher_ckpt,
                      description=("one shared teacher for every seed (w/o prompt: retrained per seed)"
                                   if args.teacher_ckpt else "teacher retrained per seed")),
-        p_test="two-sided Wilcoxon signed-rank test of per-user test Recall@20 against the full model; "
-               "the (user, seed) pairs of every seed pooled into one paired sample",
+        vs_full="per-user test Recall@20 against the full model (A): utility/stats.py two_way_bootstrap, a paired "
+                "bootstrap over seeds and test users",
         rows=rows))
     write_report(format_table(report), report, out)
     return 0

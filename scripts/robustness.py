@@ -13,7 +13,11 @@ evaluated.
 Per dataset, a setting's relative score is its mean over seeds divided by the best setting's mean
 on that dataset. The table lists every setting with its scores, its **worst** relative score over
 the datasets and the mean one, sorted by the worst: the first row is the setting whose worst case is
-best, which is how the defaults are chosen (not by the best result on one dataset).
+best, which is how the defaults are chosen (not by the best result on one dataset). The worst case
+comes with its spread over seeds (utility/stats.py worst_case: the seeds of each dataset resampled,
+the same draw for every setting): its standard error, and how often each setting has the best worst
+case among the resamples. Settings whose worst cases lie within a standard error or two of each other
+are not told apart by the seeds run.
 
 Runs go to ``runs_dir/robustness-<time>/`` (or ``--resume_dir``): one results file and one log per
 run. A run whose results file exists is not run again, so an interrupted sweep resumes, and new
@@ -30,10 +34,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from data.prepare import SPLITS  # noqa: E402  (main.py builds these on first use)
+from utility.stats import worst_case  # noqa: E402
 OWN_FLAGS = ("--dataset", "--data_path", "--seed", "--stage", "--results_json", "--runs_dir", "--preset",
              "--no_test", "--resume")
 
@@ -84,30 +91,39 @@ def run_one(folder, index, setting, dataset, seed, args, fixed):
 
 
 def summarise(settings, datasets, scores):
-    """Rows {setting, per-dataset mean, relative, worst, mean relative}, best worst case first."""
-    means = {(s, d): statistics.mean(v) for (s, d), v in scores.items()}
-    best = {d: max(means[s, d] for s in range(len(settings))) for d in datasets}
+    """Rows {setting, per-dataset mean, sd, relative, worst, worst_dataset, worst_se, p_best, mean relative},
+    best worst case first. scores[setting index, dataset]: the scores of every seed, in one seed order."""
+    values = np.array([[scores[s, d] for d in datasets] for s in range(len(settings))], dtype=float)
+    worst = worst_case(values)
+    means = values.mean(2)
+    relative = means / means.max(0)
     rows = []
     for s, setting in enumerate(settings):
-        relative = {d: means[s, d] / best[d] for d in datasets}
-        rows.append(dict(setting=setting, index=s, scores={d: means[s, d] for d in datasets}, relative=relative,
+        rows.append(dict(setting=setting, index=s, scores=dict(zip(datasets, means[s].tolist())),
+                         relative=dict(zip(datasets, relative[s].tolist())),
                          sd={d: statistics.stdev(scores[s, d]) if len(scores[s, d]) > 1 else None for d in datasets},
-                         worst=min(relative.values()), mean_relative=statistics.mean(relative.values())))
+                         worst=worst[s]["worst"], worst_dataset=datasets[worst[s]["worst_dataset"]],
+                         worst_se=worst[s]["worst_se"], p_best=worst[s]["p_best"],
+                         mean_relative=float(relative[s].mean())))
     return sorted(rows, key=lambda r: (-r["worst"], -r["mean_relative"]))
 
 
 def format_table(rows, datasets, args):
     what = f"{args.stage} validation Recall@20, mean over seeds {' '.join(map(str, args.seeds))}"
-    lines = [f"Robustness sweep: {what}; relative to each dataset's best setting (no preset, test never evaluated).",
-             "", "| setting | " + " | ".join(datasets) + " | worst | mean |",
-             "|---|" + "---:|" * (len(datasets) + 2)]
+    lines = [f"Robustness sweep: {what}; relative to each dataset's best setting (no preset, test never evaluated); "
+             "worst: the smallest relative score ± its standard error over seeds (seeds resampled per dataset); "
+             "p best: the share of resamples in which the setting has the best worst case.",
+             "", "| setting | " + " | ".join(datasets) + " | worst | p best | mean |",
+             "|---|" + "---:|" * (len(datasets) + 3)]
     for r in rows:
         cells = []
         for d in datasets:
             sd = "" if r["sd"][d] is None else f" ± {r['sd'][d]:.4f}"
             cells.append(f"{r['scores'][d]:.4f}{sd} ({r['relative'][d]:.3f})")
         label = f"`{r['setting']}`" if r["setting"].strip() else "defaults"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | **{r['worst']:.3f}** | {r['mean_relative']:.3f} |")
+        se = "" if r["worst_se"] is None else f" ± {r['worst_se']:.3f}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | **{r['worst']:.3f}**{se} ({r['worst_dataset']}) | "
+                     f"{r['p_best']:.2f} | {r['mean_relative']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +142,7 @@ def main(argv=None):
     os.makedirs(folder, exist_ok=True)
     jobs = [(s, setting, d, seed) for seed in args.seeds for d in args.datasets
             for s, setting in enumerate(args.settings)]
-    scores = {(s, d): [] for s in range(len(args.settings)) for d in args.datasets}
+    by_seed = {(s, d): {} for s in range(len(args.settings)) for d in args.datasets}
     print(f"{len(jobs)} runs in {folder}, {args.jobs} at once with {args.threads} thread(s) each"
           + (f"; every run with {' '.join(fixed)}" if fixed else ""), flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
@@ -140,9 +156,10 @@ def main(argv=None):
                 for other in futures:
                     other.cancel()
                 sys.exit(f"error: {e}")
-            scores[s, d].append(score)
+            by_seed[s, d][seed] = score
             print(f"[{done}/{len(jobs)}] {setting or 'defaults'} | {d} seed {seed}: val recall@20 {score:.4f}",
                   flush=True)
+    scores = {key: [runs[seed] for seed in args.seeds] for key, runs in by_seed.items()}   # one seed order
     rows = summarise(args.settings, args.datasets, scores)
     text = format_table(rows, args.datasets, args)
     out = args.out or os.path.join(folder, "robustness.md")

@@ -1,4 +1,4 @@
-"""One configuration (and optionally a second, to compare) over several seeds: mean ± sd and paired tests.
+"""One configuration (and optionally a second, to compare) over several seeds: mean ± sd and B against A.
 
     python scripts/seeds.py --seeds 1 2 3 [--compare "FLAGS"] [--share_teacher] [--out table.md] [main.py flags]
 
@@ -16,10 +16,13 @@ Teacher:
 
 For each configuration the table reports mean ± sd over seeds (sample sd; "–" for one seed) of the
 teacher's and the student's test Recall@20 / NDCG@20 and validation Recall@20, the student's
-parameters and inference time, and every seed's values. With --compare, B is tested against A with
-the two-sided Wilcoxon signed-rank test (zero differences dropped) on the per-user test Recall@20 and
-NDCG@20: per seed, and pooled (the (user, seed) pairs of all seeds concatenated into one paired
-sample); for the student, and for the teacher when A and B do not share it.
+parameters and inference time, and every seed's values. With --compare, B is set against A on the
+per-user test Recall@20 and NDCG@20, for the student, and for the teacher when A and B do not share
+it: the relative difference of the means, 100 (B − A) / A, with a 95 % interval from a paired
+bootstrap that resamples seeds and test users independently (seeds, not (user, seed) pairs, are the
+replicates of training; utility/stats.py two_way_bootstrap), every seed's difference, how many seeds
+agree in sign with the overall one, and the verdict: B above A, B below A, or no measurable
+difference when the interval holds 0.
 
 Writes the markdown table (default: runs_dir/<dataset>/seeds-<time>.md) and the same numbers as JSON
 beside it.
@@ -40,7 +43,7 @@ sys.path.insert(0, ROOT)
 from utility import pipeline  # noqa: E402
 from utility.errors import UserError  # noqa: E402
 from utility.parser import parse_args as parse_main_args  # noqa: E402
-from utility.stats import PAIRED_METRICS, paired_test, summarise  # noqa: E402
+from utility.stats import PAIRED_METRICS, summarise, two_way_bootstrap  # noqa: E402
 
 METRICS = PAIRED_METRICS   # the per-user test metrics each run keeps
 # (key, column title, digits): the per-run numbers the summary reports
@@ -129,7 +132,7 @@ def load_per_user(run_dir, stage):
             return {k: np.asarray(f[k]) for k in ("users",) + METRICS}
     except (OSError, KeyError, ValueError) as e:
         raise RunFailed(f"{path}: per-user test metrics not readable ({type(e).__name__}); "
-                        "paired tests need single-process runs") from None
+                        "comparing configurations needs single-process runs") from None
 
 
 def teacher_mode(passthrough, share_teacher):
@@ -195,23 +198,37 @@ def summarise_runs(runs):
     return out
 
 
-def compare_configs(per_user, seeds, models, a="A", b="B"):
-    """Paired tests of b against a over test users, per seed and pooled over seeds.
+def seeds_by_users(runs_a, runs_b, metric):
+    """(A, B) per-user values of shape (seeds, users) for :func:`utility.stats.two_way_bootstrap`, from
+    one pair of load_per_user dicts per seed that share their users: the users every seed evaluated
+    (all test users, unless --eval_users sampled them per seed), in one order."""
+    common = runs_a[0]["users"]
+    for u in runs_a[1:]:
+        common = np.intersect1d(common, u["users"])
 
-    Returns rows dict(model, seed (an int, or "pooled"), metric, n, mean_a, mean_b, mean_diff, rel_diff, p)."""
+    def rows(runs):
+        orders = [np.argsort(u["users"]) for u in runs]
+        return np.stack([u[metric][order[np.searchsorted(u["users"], common, sorter=order)]]
+                         for u, order in zip(runs, orders)])
+    return rows(runs_a), rows(runs_b)
+
+
+def compare_configs(per_user, seeds, models, a="A", b="B"):
+    """b against a per model and metric, seeds and test users both counted as replicates.
+
+    Returns rows dict(model, metric, **utility.stats.two_way_bootstrap(A, B))."""
     rows = []
     for model in models:
+        runs_a = [per_user[a][seed][model] for seed in seeds]
+        runs_b = [per_user[b][seed][model] for seed in seeds]
+        for seed, ua, ub in zip(seeds, runs_a, runs_b):
+            if not np.array_equal(ua["users"], ub["users"]):
+                raise RunFailed(f"seed {seed}: the {model}'s test users differ between {a} and {b}")
         for metric in METRICS:
-            xs, ys = [], []
-            for seed in seeds:
-                ua, ub = per_user[a][seed][model], per_user[b][seed][model]
-                if not np.array_equal(ua["users"], ub["users"]):
-                    raise RunFailed(f"seed {seed}: the {model}'s test users differ between {a} and {b}")
-                xs.append(ua[metric])
-                ys.append(ub[metric])
-                rows.append(dict(model=model, seed=seed, metric=metric, **paired_test(ua[metric], ub[metric])))
-            rows.append(dict(model=model, seed="pooled", metric=metric,
-                             **paired_test(np.concatenate(xs), np.concatenate(ys))))
+            arm_a, arm_b = seeds_by_users(runs_a, runs_b, metric)
+            if arm_a.shape[1] < 2:
+                raise RunFailed(f"the {model}: fewer than two test users are common to every seed")
+            rows.append(dict(model=model, metric=metric, **two_way_bootstrap(arm_a, arm_b)))
     return rows
 
 
@@ -227,10 +244,26 @@ def fmt_mean_sd(mean, sd, digits):
     return f"{fmt_number(mean, digits)} ± {fmt_number(sd, digits)}"
 
 
-def fmt_p(p):
-    if p is None:
-        return DASH
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+def fmt_rel(x):
+    """A relative difference in %, signed."""
+    return DASH if x is None else f"{x:+.2f}"
+
+
+def comparison_cells(c):
+    """Markdown cells of a :func:`utility.stats.two_way_bootstrap` result: B − A (%), its 95 % interval,
+    every seed's B − A (%), the seeds that agree in sign with the overall difference, and the verdict."""
+    interval = DASH if c["interval"] is None else f"[{c['interval'][0]:+.2f}, {c['interval'][1]:+.2f}]"
+    agree = DASH if c["sign_agreement"] is None else f"{c['sign_agreement']} of {c['n_seeds']}"
+    return [fmt_rel(c["rel_diff"]), interval, ", ".join(fmt_rel(d) for d in c["per_seed_rel_diff"]), agree,
+            c["verdict"]]
+
+
+COMPARISON_NOTE = ("B − A: the relative difference of the means over seeds and test users, 100 (B − A) / A; "
+                   "its 95 % interval comes from a paired bootstrap that resamples seeds and test users "
+                   "independently (t-based, utility/stats.py two_way_bootstrap), so that seeds, not (user, seed) "
+                   "pairs, are the replicates of training; per seed: each seed's own difference; same sign: the "
+                   "seeds whose difference has the sign of the overall one. The verdict is no measurable "
+                   "difference when the interval holds 0.")
 
 
 def fmt_flags(flags):
@@ -264,16 +297,15 @@ def format_report(report):
             cells = [fmt_number(r["values"][k], d) for k, _, d in QUANTITIES]
             lines.append(f"| {seed} | {label} | {r['run_dir']} | {r['teacher_ckpt']} | " + " | ".join(cells) + " |")
 
-    tests = report.get("paired_tests")
-    if tests:
-        lines += ["", tests["note"], "",
-                  "| model | seed | pairs | metric | A | B | B − A | B − A (%) | p |",
-                  "|---|---|---:|---|---:|---:|---:|---:|---:|"]
-        for t in tests["rows"]:
-            seed = "pooled" if t["seed"] == "pooled" else t["seed"]
-            rel = DASH if t["rel_diff"] is None else f"{t['rel_diff']:+.2f}"
-            lines.append(f"| {t['model']} | {seed} | {t['n']} | {t['metric']} | {t['mean_a']:.4f} | "
-                         f"{t['mean_b']:.4f} | {t['mean_diff']:+.4f} | {rel} | {fmt_p(t['p'])} |")
+    comparison = report.get("comparison")
+    if comparison:
+        lines += ["", comparison["note"], "",
+                  "| model | metric | seeds | users | A | B | B − A (%) | 95 % interval (%) | per seed (%) "
+                  "| same sign | verdict |",
+                  "|---|---|---:|---:|---:|---:|---:|---|---|---:|---|"]
+        for c in comparison["rows"]:
+            lines.append(f"| {c['model']} | {c['metric']} | {c['n_seeds']} | {c['n_users']} | {c['mean_a']:.4f} | "
+                         f"{c['mean_b']:.4f} | " + " | ".join(comparison_cells(c)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -393,16 +425,12 @@ def main(argv=None):
 
     try:
         records, per_user = run_seeds(base, configs, args.seeds, mode, workdir, need_per_user=compare is not None)
-        tests = None
+        comparison = None
         if compare is not None:
             models = ["student"] if mode in ("shared", "fixed") else ["teacher", "student"]
-            tests = dict(
-                note=("Paired Wilcoxon signed-rank tests of B against A over test users (two-sided, zero "
-                      "differences dropped; p = 1 when every difference is 0); B − A in absolute and in % of A. "
-                      "'pooled': the (user, seed) pairs of all seeds concatenated into one paired sample."
-                      + ("" if "teacher" in models else " The teacher is shared by A and B, so only the student "
-                                                         "is tested.")),
-                pooled="the (user, seed) pairs of all seeds concatenated into one paired sample",
+            comparison = dict(
+                note=COMPARISON_NOTE + ("" if "teacher" in models else " The teacher is shared by A and B, so only "
+                                                                       "the student is compared."),
                 models=models,
                 rows=compare_configs(per_user, args.seeds, models))
     except RunFailed as e:
@@ -418,7 +446,7 @@ def main(argv=None):
         configs={label: dict(flags=passthrough + extra, extra_flags=extra, runs=records[label],
                              summary=summarise_runs(records[label]))
                  for label, extra in configs.items()},
-        paired_tests=tests,
+        comparison=comparison,
     )
     report = json_safe(report)
     write_report(format_report(report), report, out)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scripts import ablation
-from utility.stats import paired_test
+from utility.stats import two_way_bootstrap
 
 
 def test_the_one_factor_rows_replace_the_student_without_kd():
@@ -33,20 +33,20 @@ def test_ablation_table_over_two_seeds(tmp_path, tiny_json):
     text = out.read_text()
     lines = text.splitlines()
     assert "teacher retrained per seed" in lines[0] and "seeds 1, 2: mean ± sd over seeds" in lines[0]
-    assert "| p (Recall@20 vs full) |" in text
+    assert "| Recall@20 vs full (%) | 95 % interval | same sign |" in text and "pooled" not in text
     for label, _ in ablation.VARIANTS:
         assert f"| {label} |" in text
     for label in ("copy only", "KD only", "neither"):
         assert f"| {label} | `{' '.join(dict(ablation.VARIANTS)[label])}` |" in text
     assert "| teacher |" in text and "| teacher (no prompt) |" in text
     full_row = next(line for line in lines if line.startswith(f"| {ablation.FULL} |"))
-    assert full_row.split(" | ")[5] == "–" and "±" in full_row   # no p-value against itself
+    assert full_row.split(" | ")[5:8] == ["–"] * 3 and "±" in full_row   # not compared with itself
 
     report = json.loads((tmp_path / "ablation.json").read_text())
     assert report["seeds"] == [1, 2] and report["teacher"]["shared"] is False
     rows = {r["variant"]: r for r in report["rows"]}
     assert list(rows) == [label for label, _ in ablation.VARIANTS]
-    assert rows[ablation.FULL]["p_vs_full"]["p"] == 1.0
+    assert rows[ablation.FULL]["vs_full"]["rel_diff"] == 0.0
     for r in rows.values():
         assert r["flags"] == " ".join(dict(ablation.VARIANTS)[r["variant"]])
         assert [run["seed"] for run in r["runs"]] == [1, 2]
@@ -54,7 +54,7 @@ def test_ablation_table_over_two_seeds(tmp_path, tiny_json):
         assert r["test"]["recall@20"]["values"] == values
         assert r["test"]["recall@20"]["mean"] == pytest.approx(np.mean(values))
         assert r["test"]["recall@20"]["sd"] == pytest.approx(np.std(values, ddof=1))
-        assert 0 <= r["p_vs_full"]["p"] <= 1 and r["p_vs_full"]["n"] == 2 * 30
+        assert r["vs_full"]["n_seeds"] == 2 and r["vs_full"]["n_users"] == 30
         assert not any(run["teacher_trained"] for run in r["runs"])
 
     # per seed, one teacher for every variant but w/o prompt, which distils its own; retrained per seed
@@ -65,9 +65,13 @@ def test_ablation_table_over_two_seeds(tmp_path, tiny_json):
         assert all(os.path.isfile(c) for c in ckpts.values())
     assert rows[ablation.FULL]["runs"][0]["teacher_ckpt"] != rows[ablation.FULL]["runs"][1]["teacher_ckpt"]
 
-    # the p-value is the pooled paired test of per-user Recall@20 over both seeds
+    # against the full model: the two-way bootstrap of per-user Recall@20, seeds x users, the full model as A
     def per_user(label):
-        return np.concatenate([np.load(os.path.join(run["run_dir"], "student_test_per_user.npz"))["recall@20"]
-                               for run in rows[label]["runs"]])
-    assert rows["neither"]["p_vs_full"]["p"] == pytest.approx(paired_test(per_user(ablation.FULL),
-                                                                          per_user("neither"))["p"])
+        return np.stack([np.load(os.path.join(run["run_dir"], "student_test_per_user.npz"))["recall@20"]
+                         for run in rows[label]["runs"]])
+    expected = two_way_bootstrap(per_user(ablation.FULL), per_user("neither"))
+    vs = rows["neither"]["vs_full"]
+    assert vs["rel_diff"] == pytest.approx(expected["rel_diff"]) and vs["interval"] == pytest.approx(
+        list(expected["interval"]))
+    neither_row = next(line for line in lines if line.startswith("| neither |"))
+    assert f"| {vs['rel_diff']:+.2f} | [{vs['interval'][0]:+.2f}, {vs['interval'][1]:+.2f}] | " in neither_row

@@ -11,9 +11,9 @@ from scripts import robustness
 def test_settings_are_ranked_by_their_worst_relative_score_not_their_best():
     settings = ["", "--a", "--b"]
     scores = {  # setting "--a" wins dataset x by far but is poor on y; "" is never best and never far off
-        (0, "x"): [0.90, 0.94], (0, "y"): [0.48],
-        (1, "x"): [1.00], (1, "y"): [0.30],
-        (2, "x"): [0.50], (2, "y"): [0.50],
+        (0, "x"): [0.90, 0.94], (0, "y"): [0.47, 0.49],
+        (1, "x"): [1.00, 1.00], (1, "y"): [0.30, 0.30],
+        (2, "x"): [0.50, 0.50], (2, "y"): [0.50, 0.50],
     }
     rows = robustness.summarise(settings, ["x", "y"], scores)
     assert [r["setting"] for r in rows] == ["", "--a", "--b"]
@@ -21,7 +21,12 @@ def test_settings_are_ranked_by_their_worst_relative_score_not_their_best():
     assert first["scores"]["x"] == pytest.approx(0.92)                      # mean over seeds
     assert first["relative"] == pytest.approx({"x": 0.92, "y": 0.96})      # over each dataset's best mean
     assert first["worst"] == pytest.approx(0.92) and first["mean_relative"] == pytest.approx(0.94)
-    assert first["sd"]["x"] == pytest.approx(0.02828, abs=1e-4) and first["sd"]["y"] is None
+    assert first["sd"]["x"] == pytest.approx(0.02828, abs=1e-4) and first["sd"]["y"] == pytest.approx(0.01414, abs=1e-4)
+    # its worst case is its mean on x (the best on x never varies): spread the standard error 0.02828 / sqrt(2);
+    # it has the best worst case whatever the seeds
+    assert first["worst_dataset"] == "x" and first["worst_se"] == pytest.approx(0.02, rel=0.1)
+    assert first["p_best"] == 1.0 and rows[1]["p_best"] == 0.0
+    assert rows[1]["worst_dataset"] == "y" and rows[1]["worst_se"] == pytest.approx(0.0, abs=1e-12)
     assert rows[1]["worst"] == pytest.approx(0.6)                          # 0.30 / 0.50 on y
     assert rows[2]["worst"] == pytest.approx(0.5)                          # 0.50 / 1.00 on x
 
@@ -48,7 +53,8 @@ def test_a_sweep_scores_validation_only_and_resumes(tmp_path, tiny_json, capsys)
     mtime = os.path.getmtime(tmp_path / "sweep" / "s0-tiny-seed1.json")
     assert robustness.main(argv) == 0                       # resumed: nothing runs again
     assert os.path.getmtime(tmp_path / "sweep" / "s0-tiny-seed1.json") == mtime
-    assert "| defaults |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| defaults |" in printed and "| p best |" in printed
 
 
 def test_flags_the_script_sets_are_refused(capsys):

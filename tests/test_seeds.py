@@ -1,4 +1,4 @@
-"""scripts/seeds.py: mean ± sd over seeds and paired Wilcoxon tests between two configurations."""
+"""scripts/seeds.py: mean ± sd over seeds and two configurations compared over seeds and test users."""
 import json
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scripts import seeds
-from utility.stats import paired_test
+from utility.stats import two_way_bootstrap
 
 TINY_FLAGS = ["--epoch", "1", "--student_epoch", "1", "--embed_size", "8", "--batch_size", "64"]
 
@@ -90,23 +90,43 @@ def test_two_seeds_compared_with_a_shared_teacher(tmp_path, tiny_json, capsys):
             results = json.load(f)
         assert "teacher_history" not in results and "student" in results
 
-    # the teacher is shared, so only the student is tested; pooled over the (user, seed) pairs
-    tests = report["paired_tests"]
-    assert tests["models"] == ["student"] and "concatenated into one paired sample" in tests["note"]
-    rows = tests["rows"]
-    assert {r["model"] for r in rows} == {"student"}
-    n_users = len(np.load(os.path.join(configs["A"]["runs"][0]["run_dir"], "student_test_per_user.npz"))["users"])
-    assert n_users == 30
-    for metric in seeds.METRICS:
-        by_seed = {r["seed"]: r for r in rows if r["metric"] == metric}
-        assert set(by_seed) == {1, 2, "pooled"}
-        assert by_seed[1]["n"] == by_seed[2]["n"] == n_users and by_seed["pooled"]["n"] == 2 * n_users
-        per_user = {label: [np.load(os.path.join(r["run_dir"], "student_test_per_user.npz"))[metric]
-                            for r in configs[label]["runs"]] for label in ("A", "B")}
-        pooled = paired_test(np.concatenate(per_user["A"]), np.concatenate(per_user["B"]))
-        assert by_seed["pooled"]["p"] == pytest.approx(pooled["p"])
-        assert by_seed["pooled"]["mean_diff"] == pytest.approx(
-            configs["B"]["summary"][f"student_test_{metric}"]["mean"]
-            - configs["A"]["summary"][f"student_test_{metric}"]["mean"])
-        assert 0 <= by_seed["pooled"]["p"] <= 1
-    assert "| student | pooled | 60 | recall@20 |" in text
+    # the teacher is shared, so only the student is compared: seeds x users, per metric
+    comparison = report["comparison"]
+    assert comparison["models"] == ["student"] and "only the student is compared" in comparison["note"]
+    rows = comparison["rows"]
+    assert [(r["model"], r["metric"]) for r in rows] == [("student", m) for m in seeds.METRICS]
+    for r in rows:
+        per_user = {label: np.stack([np.load(os.path.join(run["run_dir"], "student_test_per_user.npz"))[r["metric"]]
+                                     for run in configs[label]["runs"]]) for label in ("A", "B")}
+        assert per_user["A"].shape == (2, 30) and r["n_seeds"] == 2 and r["n_users"] == 30
+        expected = two_way_bootstrap(per_user["A"], per_user["B"])
+        assert r["rel_diff"] == pytest.approx(expected["rel_diff"]) and r["verdict"] == expected["verdict"]
+        assert r["interval"] == pytest.approx(list(expected["interval"]))
+        summary = {label: configs[label]["summary"][f"student_test_{r['metric']}"] for label in ("A", "B")}
+        assert r["mean_b"] - r["mean_a"] == pytest.approx(summary["B"]["mean"] - summary["A"]["mean"])
+        # each seed's difference is that seed's B − A of the run's own test metric, in % of A
+        assert r["per_seed_rel_diff"] == pytest.approx(
+            [100 * (b - a) / a for a, b in zip(summary["A"]["values"], summary["B"]["values"])])
+        assert r["sign_agreement"] in (0, 1, 2)
+        line = next(line for line in text.splitlines() if line.startswith(f"| student | {r['metric']} | 2 | 30 |"))
+        assert r["verdict"] in line and f"{r['sign_agreement']} of 2" in line
+    assert "pooled" not in text and "Wilcoxon" not in text
+
+
+def test_configs_compared_on_the_users_every_seed_evaluated():
+    users = np.arange(6)
+    per_user = {"A": {}, "B": {}}
+    rng = np.random.default_rng(0)
+    for seed, kept in ((1, users), (2, users[[0, 2, 3, 5, 4]])):   # seed 2 sampled five users, in another order
+        for label in ("A", "B"):
+            per_user[label][seed] = {"student": {"users": kept, **{m: rng.random(kept.size) + 0.5
+                                                                   for m in seeds.METRICS}}}
+    rows = seeds.compare_configs(per_user, [1, 2], ["student"])
+    assert rows[0]["n_seeds"] == 2 and rows[0]["n_users"] == 5
+    a, b = seeds.seeds_by_users([per_user["A"][s]["student"] for s in (1, 2)],
+                                [per_user["B"][s]["student"] for s in (1, 2)], "recall@20")
+    assert a[1].tolist() == per_user["A"][2]["student"]["recall@20"][[0, 1, 2, 4, 3]].tolist()   # users 0 2 3 4 5
+    assert a[0].tolist() == per_user["A"][1]["student"]["recall@20"][[0, 2, 3, 4, 5]].tolist()
+    per_user["B"][2]["student"]["users"] = users[:5]
+    with pytest.raises(seeds.RunFailed, match="seed 2: the student's test users differ between A and B"):
+        seeds.compare_configs(per_user, [1, 2], ["student"])
