@@ -177,6 +177,16 @@ def test_two_way_bootstrap_is_seeded_fast_and_checks_its_input():
     assert zero["rel_diff"] is None and zero["interval"] is None and "A's mean is 0" in zero["verdict"]
 
 
+def test_resamples_drawn_in_chunks_give_the_same_interval(monkeypatch):
+    import utility.stats
+    a, b = simulate(np.random.default_rng(6), 3, 400)
+    whole = two_way_bootstrap(a, b, n_resamples=2000)
+    monkeypatch.setattr(utility.stats, "DRAWS_IN_MEMORY", 7 * 400 + 3)   # 7 resamples at a time, the last chunk short
+    chunked = two_way_bootstrap(a, b, n_resamples=2000)
+    assert chunked["se"] == pytest.approx(whole["se"], rel=0.1)
+    assert chunked["percentile_interval"] == pytest.approx(whole["percentile_interval"], rel=0.2, abs=0.5)
+
+
 def test_seeds_needed_from_per_seed_values_by_hand():
     values = np.array([0.098, 0.100, 0.102])                 # sd 0.002 = 2 % of the mean
     out = seeds_needed(values, effect=2.0, power=0.8)
@@ -235,3 +245,5 @@ def test_worst_case_spread_is_the_standard_error_over_seeds():
     assert rows[0]["p_best"] == 1.0 and rows[1]["p_best"] == 0.0
     with pytest.raises(ValueError, match="settings, datasets, seeds"):
         worst_case(values[0])
+    with pytest.raises(ValueError, match="no setting scores above 0"):
+        worst_case(np.zeros((2, 1, 3)))

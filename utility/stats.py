@@ -10,7 +10,8 @@ from scipy import stats
 
 PAIRED_METRICS = ("recall@20", "ndcg@20")   # the per-user metrics a run keeps (<stage>_test_per_user.npz)
 LEVEL = 0.95
-USER_CHUNK = 500   # bootstrap resamples whose user weights are held in memory at once
+DRAWS_IN_MEMORY = 1 << 22   # user draws (resamples x users) held at once by the bootstrap: 64 MB
+RUN_DRAWS = 50_000_000       # user draws of one run's bootstrap over users (a few seconds)
 
 
 def summarise(values):
@@ -79,8 +80,9 @@ def _bootstrap_draws(a, b, n_resamples, rng):
     arms = np.concatenate([a, b])                                   # (2 S, U)
     seed_w = _resample_weights(rng, n_seeds, n_resamples)          # (R, S)
     per_seed = np.empty((2 * n_seeds, n_resamples))
-    for start in range(0, n_resamples, USER_CHUNK):
-        stop = min(start + USER_CHUNK, n_resamples)
+    chunk = max(1, DRAWS_IN_MEMORY // n_users)
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
         # einsum's own loop, not BLAS: a threaded BLAS on a busy machine runs this product several times slower
         per_seed[:, start:stop] = np.einsum("ku,ru->kr", arms, _resample_weights(rng, n_users, stop - start))
     per_seed = per_seed.reshape(2, n_seeds, n_resamples) / (n_seeds * n_users)
@@ -146,13 +148,16 @@ def compare_per_user(a, b, metrics=PAIRED_METRICS, n_resamples=4000, seed=0):
     """Model b against model a on the same users of one run, per metric: :func:`paired_test` (a first),
     the standard error of each model's mean (``se_a``, ``se_b``) and ``interval``, the 95 % interval of
     the relative difference from a bootstrap over users (:func:`two_way_bootstrap` with one seed; it
-    says how much sampling the test users moves the difference, not what another seed would do).
+    says how much sampling the test users moves the difference, not what another seed would do). On
+    very many users the resamples are fewer (about RUN_DRAWS user draws, but at least 200), so that
+    the end of a run stays quick.
 
     a, b: {"users": user ids, metric: per-user values} as :meth:`RankingEvaluator.per_user` returns
     them; the users must be the same, in the same order."""
     if not np.array_equal(np.asarray(a["users"]), np.asarray(b["users"])):
         raise ValueError("compare_per_user: the two models were evaluated on different users")
     out = {}
+    n_resamples = min(n_resamples, max(200, RUN_DRAWS // max(1, np.size(a["users"]))))
     for m in metrics:
         interval = (two_way_bootstrap(np.asarray(a[m])[None], np.asarray(b[m])[None], n_resamples, seed)["interval"]
                     if np.size(a[m]) > 1 else None)
@@ -239,6 +244,8 @@ def worst_case(values, n_resamples=4000, seed=0):
         raise ValueError(f"worst_case: need finite (settings, datasets, seeds) scores, got shape {values.shape}")
     n_settings, n_datasets, n_seeds = values.shape
     means = values.mean(2)
+    if (means.max(0) <= 0).any():
+        raise ValueError("worst_case: on some dataset no setting scores above 0, so relative scores are undefined")
     relative = means / means.max(0)
     worst = relative.min(1)
     rng = np.random.default_rng(seed)
