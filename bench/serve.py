@@ -44,8 +44,9 @@ from utility.config import TeacherConfig  # noqa: E402
 from utility.features import item_hard_tokens  # noqa: E402
 from utility.graph import build_graphs  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
-from utility.recommend import (Recommender, build_faiss_index, final_embeddings, load_student,  # noqa: E402
-                               load_teacher, read_checkpoint, read_config, search_unseen)
+from utility.recommend import (HNSW_EF_CONSTRUCTION, HNSW_NEIGHBOURS, Recommender, build_faiss_index,  # noqa: E402
+                               final_embeddings, load_student, load_teacher, read_checkpoint, read_config,
+                               search_unseen)
 from utility.run_io import write_json  # noqa: E402
 
 TIKTOK_MODALITIES = {"image": 128, "audio": 128}   # the widths of the Tiktok copy's features
@@ -91,34 +92,38 @@ def run_models(run_dir):
     return ds.train.tocsr(), ds.modality_feats, teacher, student
 
 
-def seconds(fn, repeats):
-    """Each call's wall seconds."""
-    out = []
+def seconds(fn, repeats=1):
+    """(wall seconds, CPU seconds) of each call, and the last call's result. On a shared machine the
+    CPU seconds of this single-threaded process are the better guide to a quiet machine's time."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return np.asarray(out)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return np.asarray(wall), np.asarray(cpu), result
 
 
 def serving_costs(recs, requests, batch, batches, rng):
-    """Per model: latency of one-user requests (ms: p50, p99) and users per second in batches of
-    ``batch`` users, top-20 over every item. The models take turns on the same users, so that a
-    change of the machine's load falls on all of them alike."""
+    """Per model: latency of one-user requests (ms: p50, p99; wall and CPU) and users per second in
+    batches of ``batch`` users, top-20 over every item. The models take turns on the same users, so
+    that a change of the machine's load falls on all of them alike."""
     for rec in recs:
         rec.recommend([0], 20)   # warm-up
-    latency = np.zeros((len(recs), requests))
+    latency = np.zeros((2, len(recs), requests))
     for j, user in enumerate(rng.integers(0, recs[0].n_users, size=requests)):
         for i, rec in enumerate(recs):
-            latency[i, j] = seconds(lambda: rec.recommend([user], 20), 1)[0] * 1e3
-    bulk = np.zeros((len(recs), batches))
+            latency[:, i, j] = np.concatenate(seconds(lambda: rec.recommend([user], 20))[:2]) * 1e3
+    bulk = np.zeros((2, len(recs), batches))
     for j in range(batches):
         users = rng.integers(0, recs[0].n_users, size=batch)
         for i, rec in enumerate(recs):
-            bulk[i, j] = seconds(lambda: rec.recommend(users, 20), 1)[0]
-    return [dict(p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)), requests=requests,
-                 users_per_s=float(batch / np.median(b)), batch=batch, batches=batches)
-            for lat, b in zip(latency, bulk)]
+            bulk[:, i, j] = np.concatenate(seconds(lambda: rec.recommend(users, 20))[:2])
+    return [dict(p50_ms=float(np.percentile(latency[0, i], 50)), p99_ms=float(np.percentile(latency[0, i], 99)),
+                 p50_cpu_ms=float(np.percentile(latency[1, i], 50)), p99_cpu_ms=float(np.percentile(latency[1, i], 99)),
+                 requests=requests, users_per_s=float(batch / np.median(bulk[0, i])),
+                 users_per_cpu_s=float(batch / np.median(bulk[1, i])), batch=batch, batches=batches)
+            for i in range(len(recs))]
 
 
 def buffer_mb(model):
@@ -134,12 +139,12 @@ def measure_catalogue(key, name, train, models, args, rng):
     """Refresh and serving cost of each model ({label: module}) on one catalogue."""
     rows, recs = [], []
     for label, model in models.items():
-        refresh = seconds(lambda: final_embeddings(model), args.refreshes)
-        user, item = final_embeddings(model)
+        refresh, refresh_cpu, (user, item) = seconds(lambda: final_embeddings(model), args.refreshes)
         recs.append(Recommender(label, user.contiguous(), item.contiguous(), train, name, {}, ""))
         rows.append(dict(catalogue=key, name=name, model=label, n_users=int(user.shape[0]), n_items=int(item.shape[0]),
                          dim=int(user.shape[1]), params=sum(p.numel() for p in model.parameters()),
-                         refresh_s=float(np.median(refresh)), refresh_repeats=args.refreshes,
+                         refresh_s=float(np.median(refresh)), refresh_cpu_s=float(np.median(refresh_cpu)),
+                         refresh_repeats=args.refreshes,
                          refresh_inputs_mb=buffer_mb(model), serving_state_mb=(user.numel() + item.numel()) * 4 / 2**20))
     for row, cost in zip(rows, serving_costs(recs, args.requests, args.batch, args.batches, rng)):
         row.update(cost)
@@ -152,47 +157,47 @@ def measure_catalogue(key, name, train, models, args, rng):
 
 
 def ann_cost(rec, args, rng):
-    """Exact top-20 (training items excluded) against a flat and an HNSW faiss index: overlap and queries/s."""
+    """Exact top-20 (training items excluded) against a flat and an HNSW faiss index: overlap, queries
+    per second in one batch, and CPU milliseconds of a query asked alone."""
     import faiss
 
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
     users = np.sort(rng.choice(rec.n_users, size=min(args.ann_queries, rec.n_users), replace=False))
-    queries = rec.user_emb[users].numpy()
-    seen = rec.train[users]
-    start = time.perf_counter()
-    exact, _ = rec.recommend(users, 20)
-    out = dict(queries=int(users.size), exact_qps=users.size / (time.perf_counter() - start))
+    queries, seen, singles = rec.user_emb[users].numpy(), rec.train[users], range(min(args.ann_single, users.size))
+    wall, _, (exact, _) = seconds(lambda: rec.recommend(users, 20))
+    _, cpu, _ = seconds(lambda: [rec.recommend(users[r:r + 1], 20) for r in singles])
+    out = dict(queries=int(users.size), exact=dict(qps=users.size / wall[0], single_cpu_ms=cpu[0] / len(singles) * 1e3))
     for kind in ("flat", "hnsw"):
-        start = time.perf_counter()
-        index = build_faiss_index(rec.item_emb.numpy(), kind)
-        build_s = time.perf_counter() - start
+        build, _, index = seconds(lambda: build_faiss_index(rec.item_emb.numpy(), kind, args.hnsw_m,
+                                                            args.hnsw_ef_construction))
         for ef in ((None,) if kind == "flat" else args.ef_search):
             if ef is not None:
                 index.hnsw.efSearch = ef
-            start = time.perf_counter()
-            found, _ = search_unseen(index, queries, seen, 20)
-            qps = users.size / (time.perf_counter() - start)
+            wall, _, (found, _) = seconds(lambda: search_unseen(index, queries, seen, 20))
+            _, cpu, _ = seconds(lambda: [search_unseen(index, queries[r:r + 1], seen[r], 20) for r in singles])
             overlap = float(np.mean([len(set(f[f >= 0]) & set(e[e >= 0])) / max(1, (e >= 0).sum())
                                      for f, e in zip(found, exact)]))
-            out[kind if ef is None else f"{kind}_ef{ef}"] = dict(overlap=overlap, qps=qps, build_s=build_s)
+            out[kind if ef is None else f"{kind} ef={ef}"] = dict(
+                overlap=overlap, qps=users.size / wall[0], single_cpu_ms=cpu[0] / len(singles) * 1e3, build_s=build[0])
     return out
 
 
 def format_row(r):
-    return (f"{r['name']:<26}{r['model']:<14}{r['n_items']:>10,}{r['dim']:>5}{r['refresh_s']:>12.3f}"
-            f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['users_per_s']:>12,.0f}{r['serving_state_mb']:>11.1f}"
-            f"{r['refresh_inputs_mb']:>11.1f}")
+    return (f"{r['name']:<26}{r['model']:<14}{r['n_items']:>10,}{r['dim']:>4}{r['refresh_s']:>10.3f}"
+            f"{r['refresh_cpu_s']:>10.3f}{r['p50_ms']:>9.2f}{r['p50_cpu_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            f"{r['users_per_s']:>10,.0f}{r['users_per_cpu_s']:>10,.0f}{r['serving_state_mb']:>10.1f}"
+            f"{r['refresh_inputs_mb']:>10.1f}")
 
 
-HEADER = (f"{'catalogue':<26}{'model':<14}{'items':>10}{'d':>5}{'refresh s':>12}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'users/s':>12}{'serve MB':>11}{'graph+feat MB':>14}")
+HEADER = (f"{'catalogue':<26}{'model':<14}{'items':>10}{'d':>4}{'refresh s':>10}{'(CPU s)':>10}{'p50 ms':>9}"
+          f"{'(CPU)':>9}{'p99 ms':>9}{'users/s':>10}{'(/CPU s)':>10}{'serve MB':>10}{'refr. MB':>10}")
 
 
 def format_ann(ann):
-    parts = [f"exact {ann['exact_qps']:,.0f} q/s"]
-    parts += [f"{k}: overlap {v['overlap']:.4f}, {v['qps']:,.0f} q/s (build {v['build_s']:.1f} s)"
-              for k, v in ann.items() if isinstance(v, dict)]
-    return f"top-20 over {ann['queries']} users, seen items excluded: " + "; ".join(parts)
+    parts = [f"{name}: overlap {v['overlap']:.4f}, {v['qps']:,.0f} q/s batched, {v['single_cpu_ms']:.3f} CPU ms "
+             f"alone, build {v['build_s']:.1f} s" for name, v in ann.items() if isinstance(v, dict) and name != "exact"]
+    return (f"top-20 of {ann['queries']} users, seen items excluded: exact {ann['exact']['qps']:,.0f} q/s batched, "
+            f"{ann['exact']['single_cpu_ms']:.3f} CPU ms alone; " + "; ".join(parts))
 
 
 def main(argv=None):
@@ -211,7 +216,10 @@ def main(argv=None):
     p.add_argument("--faiss", action="store_true", help="also an HNSW / flat faiss index of the student's items")
     p.add_argument("--faiss_catalogue", nargs="+", default=["data"], choices=("data", "synthetic"))
     p.add_argument("--ann_queries", type=int, default=2000)
-    p.add_argument("--ef_search", type=int, nargs="+", default=[32, 128])
+    p.add_argument("--ann_single", type=int, default=200, help="queries also timed one at a time")
+    p.add_argument("--ef_search", type=int, nargs="+", default=[16, 64, 256], help="HNSW search breadths")
+    p.add_argument("--hnsw_m", type=int, default=HNSW_NEIGHBOURS, help="HNSW links per item")
+    p.add_argument("--hnsw_ef_construction", type=int, default=HNSW_EF_CONSTRUCTION)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", f"serve-{datetime.date.today()}.json"))

@@ -246,6 +246,7 @@ def test_faiss_index_finds_the_exact_top_items(run_dir, tmp_path, kind):
     out = tmp_path / "export"
     assert recommend.main([run_dir, "--export", str(out), "--faiss", kind]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["faiss_index"]["kind"] == kind and manifest["faiss_index"]["metric"] == "inner product"
     index = faiss.read_index(str(out / manifest["files"]["faiss_index"]))
     assert index.ntotal == 40
     found, scores = recommend.search_unseen(index, rec.user_emb.numpy(), rec.train, 20)

@@ -38,5 +38,5 @@ def test_benchmark_writes_every_model_of_both_catalogues(tiny_json, tmp_path, ca
         assert rows[(catalogue, "teacher")]["refresh_inputs_mb"] > rows[(catalogue, "student")]["refresh_inputs_mb"]
     if faiss is not None:
         ann = rows[("data", "student")]["ann"]
-        assert ann["flat"]["overlap"] == 1.0 and 0 < ann["hnsw_ef128"]["overlap"] <= 1.0
+        assert ann["flat"]["overlap"] == 1.0 and 0 < ann["hnsw ef=64"]["overlap"] <= 1.0
     assert "load average" in capsys.readouterr().out

@@ -167,7 +167,11 @@ class Recommender:
                             rows="row r of user_embeddings.npy is user r of the dataset, of item_embeddings.npy item r",
                             seen="train_items.npz: users x items training interactions (scipy.sparse.load_npz), "
                                  "excluded from a user's recommendations by default",
-                            faiss_index=faiss_index, files=files, created_from=os.path.abspath(self.run_dir),
+                            faiss_index=None if faiss_index is None else dict(
+                                kind=faiss_index, metric="inner product",
+                                **(dict(M=HNSW_NEIGHBOURS, ef_construction=HNSW_EF_CONSTRUCTION)
+                                   if faiss_index == "hnsw" else {})),
+                            files=files, created_from=os.path.abspath(self.run_dir),
                             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=2)
@@ -322,15 +326,16 @@ def search_unseen(index, queries, seen, k):
     return np.where(missing, -1, ids), np.where(missing, -np.inf, scores).astype(np.float32)
 
 
-def build_faiss_index(item_emb, kind="flat"):
-    """An inner-product faiss index of the items: exact (``flat``) or approximate (``hnsw``)."""
+def build_faiss_index(item_emb, kind="flat", hnsw_m=HNSW_NEIGHBOURS, ef_construction=HNSW_EF_CONSTRUCTION):
+    """An inner-product faiss index of the items: exact (``flat``) or approximate (``hnsw``, with
+    ``hnsw_m`` links per item and a construction breadth of ``ef_construction``)."""
     faiss = import_faiss()
     item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
     if kind == "flat":
         index = faiss.IndexFlatIP(item_emb.shape[1])
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(item_emb.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index = faiss.IndexHNSWFlat(item_emb.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
     else:
         raise UserError(f"--faiss {kind}: expected one of {', '.join(FAISS_INDEXES)}")
     index.add(item_emb)
