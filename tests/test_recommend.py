@@ -255,3 +255,16 @@ def test_faiss_index_finds_the_exact_top_items(run_dir, tmp_path, kind):
     assert overlap >= 0.99 and not rec.train[np.repeat(np.arange(30), 20), found.ravel()].any()
     if kind == "flat":
         assert np.allclose(scores, exact_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "nothing to do"),
+    (["--users", "0", "--k", "0"], "--k 0: must be at least 1"),
+    (["--all_users"], "--all_users needs --out"),
+    (["--all_users", "--out", "lists.txt"], "--out lists.txt: expected a .csv or .parquet file"),
+    (["--users", "0", "--faiss"], "--faiss goes with --export"),
+])
+def test_flag_combinations_that_make_no_sense_are_one_line_errors(run_dir, capsys, flags, message):
+    assert recommend.main([run_dir, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1

@@ -368,21 +368,20 @@ def build_parser():
 
 
 def parse_args(argv):
-    p = build_parser()
-    args = p.parse_args(argv)
-    chosen = [name for name in ("users", "users_file", "all_users", "similar", "export") if getattr(args, name)]
-    if not chosen:
-        p.error("nothing to do: give --users, --users_file, --all_users, --similar or --export")
+    """The flags; combinations that make no sense are a one-line :class:`UserError`."""
+    args = build_parser().parse_args(argv)
+    if not any(getattr(args, name) for name in ("users", "users_file", "all_users", "similar", "export")):
+        raise UserError("nothing to do: give --users, --users_file, --all_users, --similar or --export")
     if args.k < 1:
-        p.error(f"--k {args.k}: must be at least 1")
+        raise UserError(f"--k {args.k}: must be at least 1")
     if args.all_users and not args.out:
-        p.error("--all_users needs --out FILE.csv or FILE.parquet")
+        raise UserError("--all_users needs --out FILE.csv or FILE.parquet")
     if args.out and not args.all_users:
-        p.error("--out is for --all_users (other lists are printed)")
+        raise UserError("--out is for --all_users (other lists are printed)")
     if args.out and not args.out.endswith((".csv", ".parquet")):
-        p.error(f"--out {args.out}: expected a .csv or .parquet file")
+        raise UserError(f"--out {args.out}: expected a .csv or .parquet file")
     if args.faiss and not args.export:
-        p.error("--faiss goes with --export DIR")
+        raise UserError("--faiss goes with --export DIR")
     return args
 
 
