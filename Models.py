@@ -31,28 +31,22 @@ def lightgcn_propagate(norm_ui, norm_iu, user, item, n_layers):
 class PromptModule(nn.Module):
     """Soft prompts from hard tokens: P_U = f_u(H_U), P_I = f_i(H_I) (one linear layer each)."""
 
-    def __init__(self, token_size, embed_size, dropout=0.0):
+    def __init__(self, token_size, embed_size):
         super().__init__()
         self.user_proj = nn.Linear(token_size, embed_size)
         self.item_proj = nn.Linear(token_size, embed_size)
-        self.dropout = nn.Dropout(dropout)
         for layer in (self.user_proj, self.item_proj):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def forward(self, user_tokens, item_tokens):
-        return self.dropout(self.user_proj(user_tokens)), self.dropout(self.item_proj(item_tokens))
-
-    @property
-    def is_linear(self):
-        """True when P_I is exactly item_proj(H_I) (no active dropout)."""
-        return not (self.training and self.dropout.p > 0)
+        return self.user_proj(user_tokens), self.item_proj(item_tokens)
 
     def item_context(self, token_feats, feat_sums):
         """P_I^T X = A (H_I^T X) + b (1^T X) for P_I = H_I A^T + b, without forming P_I^T X row by row.
 
         token_feats = H_I^T X and feat_sums = 1^T X are constants, so this costs d * d_tok * d_m
-        instead of n_items * d * d_m. Exact only when :attr:`is_linear`.
+        instead of n_items * d * d_m.
         """
         return self.item_proj.weight @ token_feats + self.item_proj.bias[:, None] * feat_sums[None, :]
 
@@ -103,8 +97,8 @@ class Teacher(nn.Module):
         self.cfg = cfg
         self.n_users, self.n_items = graphs["user_mean"].shape
         self.modalities = list(modality_feats) if cfg.use_modalities else []
-        if cfg.knn_k and self.modalities and not {"knn_mean", *(f"knn_{m}" for m in self.modalities)} <= set(graphs):
-            raise ValueError("knn_k > 0 needs the kNN graphs of every modality and their mean (utility.graph.knn_tensors)")
+        if cfg.knn_k and self.modalities and "knn_mean" not in graphs:
+            raise ValueError("knn_k > 0 needs the mean kNN graph of the modalities (utility.graph.knn_tensors)")
         for name, graph in graphs.items():
             self.register_buffer(name, graph, persistent=False)
         for name in self.modalities:
@@ -124,12 +118,9 @@ class Teacher(nn.Module):
         for layer in self.reducers.values():
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
         # the prompts are built from the modality features: no modalities, no prompts
         use_prompt = cfg.use_prompt and cfg.use_modalities
-        self.prompt_module = PromptModule(item_tokens.shape[1], d, cfg.prompt_dropout) if use_prompt else None
-        self.frozen = False
-        self.use_frozen_parts = True   # off: stage 2 runs the straightforward forward pass
+        self.prompt_module = PromptModule(item_tokens.shape[1], d) if use_prompt else None
 
     def prompts(self):
         if self.prompt_module is None:
@@ -142,57 +133,39 @@ class Teacher(nn.Module):
         With C = P_I^T X, the lifted prompt p = P_I C has row norms sqrt(P_i (C C^T) P_i^T), and
         norm(p) W = diag(1/|p_i|) P_I (C W^T): the (n_items, d_m) lifted matrix is never formed.
         """
-        if self.prompt_module.is_linear:
-            context = self.prompt_module.item_context(getattr(self, f"token_feat_{name}"),
-                                                      getattr(self, f"feat_sum_{name}"))
-        else:
-            context = prompt_item.T @ getattr(self, f"feat_{name}")
+        context = self.prompt_module.item_context(getattr(self, f"token_feat_{name}"), getattr(self, f"feat_sum_{name}"))
         sq_norms = ((prompt_item @ (context @ context.T)) * prompt_item).sum(1)
         norms = sq_norms.clamp_min(0).sqrt().clamp_min(1e-12)        # F.normalize's eps
         weight = self.reducers[name].weight
         return self.cfg.feat_prompt_weight * (prompt_item @ (context @ weight.T)) / norms[:, None]
 
     def reduce_features(self, name, prompt_item):
-        """h^m = drop((X^m + lambda_f norm(P_I (P_I^T X^m))) W_m + b_m)."""
+        """h^m = (X^m + lambda_f norm(P_I (P_I^T X^m))) W_m + b_m."""
         h = self.reducers[name](getattr(self, f"feat_{name}"))
         if prompt_item is not None and self.cfg.feat_prompt_weight:
             h = h + self.feature_prompt_lift(name, prompt_item)
-        return self.dropout(h)
+        return h
 
-    def propagate_modality(self, h, name):
-        """The modality GNN on reduced item features h: (f^m_U, f^m_I), linear in h.
-
-        With an item-item kNN graph S_m of the modality's features, f^m_I also gains S_m^L h: each
-        item's content-similar items' reduced features (items without interactions included).
-        """
+    def propagate_modality(self, h):
+        """The modality GNN on reduced item features h: (f^m_U, f^m_I)."""
         item = h
         for _ in range(self.cfg.mm_layers):
             user = spmm(self.user_mean, self.user_mean_t, item)      # Abar_ui f_I
             item = spmm(self.item_mean, self.item_mean_t, user)      # Abar_iu f_U
         if self.cfg.item_residual:
             item = item + h
-        if self.cfg.knn_k and self.cfg.knn_on in ("features", "both"):
-            item = item + self.knn_propagate(getattr(self, f"knn_{name}"), h)
         return user, item
 
-    def knn_propagate(self, knn, x):
-        """S^L x over an item-item kNN graph S (symmetric: its own transpose)."""
-        for _ in range(self.cfg.knn_layers):
-            x = spmm(knn, knn, x)
-        return x
-
     def propagate_cf(self, ego_user, ego_item):
-        """The CF branch: LightGCN on the ID embeddings. With ``--knn_on ids`` (or both) the items
-        also gain S̄^L e_I, their ID embeddings smoothed over the mean of the modalities' kNN graphs,
-        so that items with similar content share collaborative signal (as in FREEDOM)."""
+        """The CF branch: LightGCN on the ID embeddings. With kNN graphs (``knn_k`` > 0) the items also
+        gain S̄ e_I, their ID embeddings smoothed over the mean of the modalities' kNN graphs, so that
+        items with similar content share collaborative signal (as in FREEDOM)."""
         user, item = lightgcn_propagate(self.norm_ui, self.norm_iu, ego_user, ego_item, self.cfg.cf_layers)
-        if self.cfg.knn_k and self.modalities and self.cfg.knn_on in ("ids", "both"):
-            item = item + self.knn_propagate(self.knn_mean, ego_item)
+        if self.cfg.knn_k and self.modalities:
+            item = item + spmm(self.knn_mean, self.knn_mean, ego_item)
         return user, item
 
     def forward(self):
-        if self.from_frozen_parts():
-            return self._forward_from_frozen_parts()
         prompt_user, prompt_item = self.prompts()
         ego_user, ego_item = self.user_emb, self.item_emb
         if prompt_user is not None and self.cfg.emb_prompt_weight:
@@ -201,139 +174,23 @@ class Teacher(nn.Module):
         cf_user, cf_item = self.propagate_cf(ego_user, ego_item)
         mm_user, mm_item = {}, {}
         for name in self.modalities:
-            mm_user[name], mm_item[name] = self.propagate_modality(self.reduce_features(name, prompt_item), name)
+            mm_user[name], mm_item[name] = self.propagate_modality(self.reduce_features(name, prompt_item))
         return TeacherOutput(cf_user, cf_item, mm_user, mm_item, prompt_user, prompt_item,
                              self.cfg.mm_fusion_weight)
-
-    # ------------------------------------------------------------ stage 2: the frozen parts
 
     def freeze_for_distillation(self):
-        """Stage 2: every teacher weight frozen except the prompt module's.
-
-        What the frozen weights alone determine is propagated once (:meth:`_propagate_frozen_parts`)
-        into buffers that move with ``.to`` and are refreshed whenever weights are loaded.
-        """
+        """Stage 2: every teacher weight frozen except the prompt module's; those are returned."""
         for name, param in self.named_parameters():
             param.requires_grad_(name.startswith("prompt_module."))
-        self.frozen = True
-        self._propagate_frozen_parts()
-
-    def from_frozen_parts(self):
-        """True when the forward pass starts from the frozen parts' constants: stage 2, unless
-        ``use_frozen_parts`` is off or dropout on the reduced features is active (it is random)."""
-        return self.frozen and self.use_frozen_parts and not (self.training and self.dropout.p > 0)
-
-    def _propagate_frozen_parts(self):
-        """LightGCN(E) of the CF branch and GNN(X^m W_m + b_m) of each modality branch, once."""
-        with torch.no_grad():
-            user, item = self.propagate_cf(self.user_emb, self.item_emb)
-            self.register_buffer("frozen_cf_user", user, persistent=False)
-            self.register_buffer("frozen_cf_item", item, persistent=False)
-            for name in self.modalities:
-                user, item = self.propagate_modality(self.reducers[name](getattr(self, f"feat_{name}")), name)
-                self.register_buffer(f"frozen_mm_user_{name}", user, persistent=False)
-                self.register_buffer(f"frozen_mm_item_{name}", item, persistent=False)
-
-    def _forward_from_frozen_parts(self):
-        """Stage 2's forward pass, exactly, from the frozen parts' constants.
-
-        Both GNNs are linear. The CF branch propagates E + lambda_s norm(P): its output is the
-        constant LightGCN(E) plus lambda_s LightGCN(norm(P)). Each modality branch propagates
-        X^m W_m + b_m + (prompt lift): its output is the constant GNN(X^m W_m + b_m) plus
-        GNN(prompt lift). Only the prompt-dependent terms are propagated at each step; with the
-        prompts off, or their weights 0, nothing is.
-        """
-        prompt_user, prompt_item = self.prompts()
-        cf_user, cf_item = self.frozen_cf_user, self.frozen_cf_item
-        if prompt_user is not None and self.cfg.emb_prompt_weight:
-            lift_user, lift_item = self.propagate_cf(F.normalize(prompt_user, dim=1), F.normalize(prompt_item, dim=1))
-            cf_user = cf_user + self.cfg.emb_prompt_weight * lift_user
-            cf_item = cf_item + self.cfg.emb_prompt_weight * lift_item
-        mm_user, mm_item = {}, {}
-        for name in self.modalities:
-            mm_user[name], mm_item[name] = getattr(self, f"frozen_mm_user_{name}"), getattr(self, f"frozen_mm_item_{name}")
-            if prompt_item is not None and self.cfg.feat_prompt_weight:
-                lift_user, lift_item = self.propagate_modality(self.feature_prompt_lift(name, prompt_item), name)
-                mm_user[name], mm_item[name] = mm_user[name] + lift_user, mm_item[name] + lift_item
-        return TeacherOutput(cf_user, cf_item, mm_user, mm_item, prompt_user, prompt_item,
-                             self.cfg.mm_fusion_weight)
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        if self.frozen:
-            self._propagate_frozen_parts()
-        return result
+        return [p for p in self.parameters() if p.requires_grad]
 
 
-def _split_index(flat, indices):
-    """Cut the concatenation of several index tensors back into one tensor per index (their shapes)."""
-    out, start = [], 0
-    for index in indices:
-        out.append(flat[start: start + index.numel()].view(index.shape))
-        start += index.numel()
-    return out
+class LightGCNStudent(nn.Module):
+    """The student: ID embeddings propagated on the symmetric-normalised graph (LightGCN).
 
-
-class _IDEmbeddings(nn.Module):
-    """User and item ID embedding tables shared by both students.
-
-    A student's ``lookup(users, *items)`` gives the batch's user rows, an item table and one index
-    into it per item index tensor; ``embed`` gathers those rows.
+    ``lookup(users, *items)`` gives the batch's user rows, the propagated item table and the item
+    index tensors into it; ``embed`` gathers those rows.
     """
-
-    def init_embeddings(self, user, item):
-        """Start from given embeddings (e.g. the teacher's e^T), compressed if narrower."""
-        user, item = compress_embeddings(user, item, self.user_emb.shape[1])
-        with torch.no_grad():
-            self.user_emb.copy_(user)
-            self.item_emb.copy_(item)
-
-    def ego_embeddings(self, users, items):
-        return gather_rows(self.user_emb, users), gather_rows(self.item_emb, items)
-
-    def embed(self, users, *items):
-        """Embeddings of the given users and of each given item index tensor (any shapes)."""
-        user_rows, table, indices = self.lookup(users, *items)
-        return (user_rows, *(gather_rows(table, index) for index in indices))
-
-
-class MLPStudent(_IDEmbeddings):
-    """ID embeddings refined by a small residual MLP shared by users and items; dot-product scores.
-
-    Needs no graph at serving time. The MLP's output layer starts at zero, so a student
-    initialised from the teacher's embeddings starts by reproducing the teacher's scores.
-    """
-
-    def __init__(self, n_users, n_items, embed_size=64, hidden=128):
-        super().__init__()
-        self.n_users, self.n_items = n_users, n_items
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, embed_size)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, embed_size)))
-        self.mlp = nn.Sequential(nn.Linear(embed_size, hidden), nn.GELU(), nn.Linear(hidden, embed_size))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
-
-    def refine(self, emb):
-        return emb + self.mlp(emb)
-
-    def lookup(self, users, *items):
-        """(user rows, item table, one index into the table per item index tensor).
-
-        The MLP runs once per distinct id of the batch, not once per occurrence: the item table
-        holds the refined rows of the distinct items, and the indices point into it.
-        """
-        users, user_pos = torch.unique(users, return_inverse=True)
-        ids, item_pos = torch.unique(torch.cat([i.reshape(-1) for i in items]), return_inverse=True)
-        table = self.refine(gather_rows(self.item_emb, ids))
-        return (gather_rows(self.refine(gather_rows(self.user_emb, users)), user_pos), table,
-                _split_index(item_pos, items))
-
-    def forward(self):
-        return self.refine(self.user_emb), self.refine(self.item_emb)
-
-
-class LightGCNStudent(_IDEmbeddings):
-    """ID embeddings propagated on the symmetric-normalised graph (LightGCN)."""
 
     def __init__(self, norm_ui, norm_iu, embed_size=64, n_layers=2):
         super().__init__()
@@ -344,13 +201,28 @@ class LightGCNStudent(_IDEmbeddings):
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, embed_size)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, embed_size)))
 
+    def init_embeddings(self, user, item):
+        """Start from given embeddings (e.g. the teacher's e^T), compressed if narrower."""
+        user, item = compress_embeddings(user, item, self.user_emb.shape[1])
+        with torch.no_grad():
+            self.user_emb.copy_(user)
+            self.item_emb.copy_(item)
+
     def forward(self):
         return lightgcn_propagate(self.norm_ui, self.norm_iu, self.user_emb, self.item_emb, self.n_layers)
+
+    def ego_embeddings(self, users, items):
+        return gather_rows(self.user_emb, users), gather_rows(self.item_emb, items)
 
     def lookup(self, users, *items):
         """(user rows, item table, the item index tensors): one propagation gives every item."""
         user, item = self()
         return gather_rows(user, users), item, items
+
+    def embed(self, users, *items):
+        """Embeddings of the given users and of each given item index tensor (any shapes)."""
+        user_rows, table, indices = self.lookup(users, *items)
+        return (user_rows, *(gather_rows(table, index) for index in indices))
 
 
 def compress_embeddings(user, item, dim):
@@ -373,12 +245,9 @@ def compress_embeddings(user, item, dim):
     return F.pad(user, (0, dim - user.shape[1])), F.pad(item, (0, dim - item.shape[1]))
 
 
-def build_student(cfg: StudentConfig, n_users, n_items, graphs=None):
-    if cfg.model_type == "mlp":
-        return MLPStudent(n_users, n_items, cfg.embed_size, cfg.hidden)
-    if cfg.model_type == "lightgcn":
-        return LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], cfg.embed_size, cfg.n_layers)
-    raise ValueError(f"unknown student kind {cfg.model_type!r}")
+def build_student(cfg: StudentConfig, graphs):
+    """The ID-only LightGCN student on the interaction graph's normalised blocks."""
+    return LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], cfg.embed_size, cfg.n_layers)
 
 
 def count_parameters(module, exclude_prefixes=()):

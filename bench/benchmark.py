@@ -112,8 +112,7 @@ def shapes_of(ds, args):
     return dict(n_users=ds.n_users, n_items=ds.n_items, embed_size=args.embed_size, token_size=args.embed_size,
                 modality_dims=ds.modality_dims, nnz_adj=2 * ds.train.nnz, nnz_train=ds.train.nnz,
                 cf_layers=args.cf_layers, mm_layers=args.mm_layers, prompt=not args.no_prompt,
-                feat_prompt=args.feat_prompt_weight != 0, emb_prompt=args.emb_prompt_weight != 0,
-                student_layers=args.student_layers)
+                feat_prompt=args.feat_prompt_weight != 0, emb_prompt=args.emb_prompt_weight != 0)
 
 
 def floor_seconds(counts, rates):
@@ -128,7 +127,7 @@ def memory_target_mb(ds, args):
                       for t in (g.crow_indices(), g.col_indices(), g.values()))
     d = args.embed_size
     teacher = (ds.n_users + ds.n_items) * d + sum((dm + 1) * d for dm in ds.modality_dims.values()) + 2 * (d + 1) * d
-    student = (ds.n_users + ds.n_items) * args.student_embed_size + 2 * args.student_hidden * args.student_embed_size
+    student = (ds.n_users + ds.n_items) * (args.student_embed_size or d)
     param_bytes = 4 * 3 * (teacher + student)        # weights + AdamW's two moments
     total = feature_bytes + graph_bytes + param_bytes
     return dict(feature_mb=feature_bytes / 2**20, graph_mb=graph_bytes / 2**20, params_and_optimizer_mb=param_bytes / 2**20,
@@ -173,7 +172,7 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     flags = ["--data_path", data_path, "--dataset", dataset, "--preset", b.like, "--device", device.type,
-             "--epoch", str(b.epochs), "--student_epoch", str(b.epochs), "--eval_every", str(b.epochs),
+             "--epoch", str(b.epochs), "--eval_every", str(b.epochs),
              "--no_plot", "--seed", str(b.seed), *b.extra]
     if b.threads:
         flags += ["--threads", str(b.threads)]
@@ -196,13 +195,13 @@ def main(argv=None):
     steps = flops.epoch_steps(ds.train.nnz, args.batch_size)
     teacher_counts = {k: v * steps for k, v in flops.teacher_step(shapes, stage=1).items()}
     t2 = flops.teacher_step(shapes, stage=2)
-    s2 = flops.student_step(shapes, args.student_batch_size, args.student_model_type, args.neg_sample_num,
-                            args.student_hidden, args.student_embed_size, args.embed_size)
+    s2 = flops.student_step(shapes, args.student_batch_size, args.neg_sample_num,
+                            args.student_embed_size or args.embed_size, args.embed_size)
     student_counts = {k: (t2[k] + s2[k]) * flops.epoch_steps(ds.train.nnz, args.student_batch_size)
                       for k in ("dense", "sparse")}
 
     # one full evaluation pass (all validation users) with fixed embeddings
-    evaluator = RankingEvaluator(ds.val, [ds.train], args.topk, device, args.eval_batch_size)
+    evaluator = RankingEvaluator(ds.val, [ds.train], args.topk, device)
     gen = torch.Generator().manual_seed(1)
     user = torch.randn(ds.n_users, args.embed_size, generator=gen).to(device)
     item = torch.randn(ds.n_items, args.embed_size, generator=gen).to(device)
@@ -236,8 +235,7 @@ def main(argv=None):
     summary = dict(
         date=datetime.date.today().isoformat(), device=device.type, machine=machine, like=b.like, scale=b.scale,
         dataset=dict(n_users=ds.n_users, n_items=ds.n_items, n_train=int(ds.train.nnz), modalities=ds.modality_dims),
-        config={k: getattr(args, k) for k in ("batch_size", "embed_size", "cf_layers", "mm_layers", "student_model_type",
-                                              "neg_sample_num", "eval_batch_size")},
+        config={k: getattr(args, k) for k in ("batch_size", "embed_size", "cf_layers", "mm_layers", "neg_sample_num")},
         steps_per_epoch=steps, rates=rates, flops=dict(teacher_epoch=teacher_counts, student_epoch=student_counts,
                                                        eval_pass=ev),
         memory=dict(memory, baseline_rss_mb=baseline_rss, peak_rss_total_mb=peak_total, peak_cuda_allocated_mb=peak_cuda),

@@ -20,40 +20,34 @@ def teacher_step(s, stage=1):
 
     s: dict with n_users, n_items, embed_size, token_size, modality_dims, nnz_adj, nnz_train,
     cf_layers, mm_layers, prompt (bool), feat_prompt (bool), emb_prompt (bool).
-    stage 1 trains every weight; stage 2 runs the frozen teacher with gradients reaching the prompt
-    module only: what the frozen weights alone determine (LightGCN(E), GNN(X W + b)) is propagated
-    once per stage, and a step propagates only the prompt-dependent terms.
+    stage 1 trains every weight; stage 2 runs the teacher's whole forward pass with gradients reaching
+    the prompt module only (the frozen weights need none).
     """
     U, I, d, t = s["n_users"], s["n_items"], s["embed_size"], s["token_size"]
     dense = sparse = 0.0
     if s["prompt"]:
         dense += _mm(U + I, t, d) * 2            # P = H A^T + b: forward, and dA (tokens are constants)
     for dm in s["modality_dims"].values():
-        if stage == 1:
-            dense += _mm(I, dm, d) * 2           # X W^T forward and dW (X is a constant)
+        dense += _mm(I, dm, d) * (2 if stage == 1 else 1)   # X W^T forward, and dW in stage 1 (X is a constant)
         if s["prompt"] and s["feat_prompt"]:
             small = _mm(d, t, dm) + _mm(d, dm, d) + _mm(d, dm, d)   # context, C C^T, C W^T
             small_bwd = _mm(d, dm, t) + 2 * _mm(d, d, dm) + (_mm(d, d, dm) if stage == 1 else 0) + _mm(d, dm, d)
             big = 2 * _mm(I, d, d)               # P (C C^T) and P (C W^T)
             dense += small + small_bwd + big + 2 * big   # each big product: dP and d(small factor)
-        if stage == 1 or (s["prompt"] and s["feat_prompt"]):
-            # modality GNN: mm_layers hops user<-item and item<-user, each needs its gradient
-            sparse += s["mm_layers"] * 2 * (2.0 * s["nnz_train"] * d) * 2
-    if stage == 1 or (s["prompt"] and s["emb_prompt"]):
-        sparse += s["cf_layers"] * (2.0 * s["nnz_adj"] * d) * 2   # LightGCN forward and backward
+        # modality GNN: mm_layers hops user<-item and item<-user, forward, and backward when trained
+        backward = stage == 1 or (s["prompt"] and s["feat_prompt"])
+        sparse += s["mm_layers"] * 2 * (2.0 * s["nnz_train"] * d) * (2 if backward else 1)
+    backward = stage == 1 or (s["prompt"] and s["emb_prompt"])
+    sparse += s["cf_layers"] * (2.0 * s["nnz_adj"] * d) * (2 if backward else 1)   # LightGCN
     return {"dense": dense, "sparse": sparse}
 
 
-def student_step(s, batch, kind, extra_negatives, hidden, student_size, teacher_size):
+def student_step(s, batch, extra_negatives, student_size, teacher_size):
     """Products of the student's own forward + backward for one batch (KD terms included)."""
-    U, I, d = s["n_users"], s["n_items"], student_size
+    d = student_size
     list_len = 2 + 1 + extra_negatives            # scored items per row: (pos, neg) and [pos, K negatives]
-    dense = sparse = 0.0
-    if kind == "mlp":
-        rows = min(batch, U) + min(batch * list_len, I)    # distinct ids, at most
-        dense += 3 * (_mm(rows, d, hidden) + _mm(rows, hidden, d))   # forward, d(input), d(weight)
-    else:
-        sparse += s["student_layers"] * (2.0 * s["nnz_adj"] * d) * 2
+    dense = 0.0
+    sparse = s["cf_layers"] * (2.0 * s["nnz_adj"] * d) * 2   # the student's LightGCN, forward and backward
     dense += 3 * 2.0 * batch * list_len * d               # student logits, forward and backward
     modalities = len(s["modality_dims"])
     dense += modalities * 3 * 2.0 * batch * (1 + extra_negatives) * teacher_size   # teacher list logits

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from utility import pipeline  # noqa: E402
 from data.synthetic import SHAPES, make_synthetic  # noqa: E402
+from utility.parser import parse_args  # noqa: E402
 from utility.run_io import write_report  # noqa: E402
 
 
@@ -74,17 +75,18 @@ def main(argv=None):
         p.error("--users needs --items and --interactions")
     data_path, dataset, generate_s = dataset_for(b)
     generator_peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    flags = ["--data_path", data_path, "--dataset", dataset, "--preset", b.like, "--epoch", "1", "--student_epoch", "1",
+    flags = ["--data_path", data_path, "--dataset", dataset, "--preset", b.like, "--epoch", "1",
              "--batch_size", str(b.batch_size), "--student_batch_size", str(b.batch_size), "--no_plot",
              "--seed", str(b.seed)]
-    flags += ["--max_steps_per_epoch", str(b.steps)] if b.steps else []
     flags += ["--eval_users", str(b.eval_users)] if b.eval_users else []
     # The exact item-item kNN graphs cost O(items^2 d) to find (docs/performance.md): hours at 10^6 items.
     flags += ["--knn_k", "0"] + extra
     with tempfile.TemporaryDirectory() as runs:
         results_file = os.path.join(runs, "results.json")
         start = time.perf_counter()
-        code = pipeline.run_command(flags + ["--runs_dir", runs, "--results_json", results_file])
+        args = parse_args(flags + ["--runs_dir", runs, "--results_json", results_file])
+        args.max_batches = b.steps or None   # a few steps per epoch, projected to the whole epoch below
+        code = pipeline.execute(args)
         total_s = time.perf_counter() - start
         if code != 0:
             sys.exit(f"scale run failed with exit code {code}")

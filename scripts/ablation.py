@@ -11,12 +11,13 @@ and "neither" (random initialisation, no KD).
 --seeds runs the whole study once per seed (default: once, with main.py's default seed): per seed
 the teacher is retrained (and the w/o-prompt variant's teacher too), and every cell becomes mean ±
 sd over seeds. Each variant is set against the full model on per-user test Recall@20: the relative
-difference of the means with a 95 % interval from a paired bootstrap over seeds and test users
-(utility/stats.py two_way_bootstrap: seeds, not (user, seed) pairs, are the replicates of training)
-and the number of seeds whose own difference has its sign. With --teacher_ckpt, every variant but w/o prompt distils that one teacher, for every seed.
+difference of the means with the 95 % t interval of the crossed seeds x test users design
+(utility/stats.py two_way_comparison: seeds, not (user, seed) pairs, are the replicates of training)
+and the number of seeds whose own difference has its sign. With --teacher_ckpt, every variant but
+w/o prompt distils that one teacher, for every seed.
 
 Writes a markdown table of test (and validation) Recall@20 / NDCG@20, and the same as JSON.
-Flags after the script's own are passed to every main.py run (e.g. --student_epoch).
+Flags after the script's own are passed to every main.py run (e.g. --epoch).
 """
 import argparse
 import os
@@ -31,7 +32,7 @@ sys.path.insert(0, ROOT)
 
 from scripts.seeds import (DASH, RunFailed, flag_given, fmt_mean_sd, fmt_rel, json_safe, load_per_user,  # noqa: E402
                            run_main, seeds_by_users, write_report)
-from utility.stats import PAIRED_METRICS as METRICS, summarise, two_way_bootstrap  # noqa: E402
+from utility.stats import PAIRED_METRICS as METRICS, summarise, two_way_comparison  # noqa: E402
 
 FULL = "PromptMM (full)"
 VARIANTS = [
@@ -40,8 +41,6 @@ VARIANTS = [
     ("w/o pair-wise KD", ["--kd_pair_weight", "0"]),
     ("w/o list-wise KD", ["--kd_list_weight", "0"]),
     ("w/o embedding KD", ["--kd_emb_weight", "0"]),
-    ("w/o re-weighting", ["--no_list_reweight"]),
-    ("w/o disentangling", ["--no_disentangle"]),
     ("copy only", ["--no_kd"]),
     ("KD only", ["--student_init", "random"]),
     ("neither", ["--student_init", "random", "--no_kd"]),
@@ -95,7 +94,7 @@ def summary(runs, part):
 
 def against_full(runs, full_runs, metric="recall@20"):
     """A variant's per-user test metric against the full model's over seeds and test users
-    (:func:`utility.stats.two_way_bootstrap`, the full model as A); None when a run left no per-user
+    (:func:`utility.stats.two_way_comparison`, the full model as A); None when a run left no per-user
     file or a seed's two runs scored different users."""
     try:
         pairs = [(load_per_user(full["run_dir"], "student"), load_per_user(run["run_dir"], "student"))
@@ -105,7 +104,7 @@ def against_full(runs, full_runs, metric="recall@20"):
     if not all(np.array_equal(a["users"], b["users"]) for a, b in pairs):
         return None
     arm_a, arm_b = seeds_by_users([a for a, _ in pairs], [b for _, b in pairs], metric)
-    return two_way_bootstrap(arm_a, arm_b) if arm_a.shape[1] > 1 else None
+    return two_way_comparison(arm_a, arm_b) if arm_a.shape[1] > 1 else None
 
 
 def cell(s, metric):
@@ -121,8 +120,8 @@ def format_table(report):
     lines = [f"Ablation on `{report['dataset']}` (student: test split at the best validation epoch; "
              f"seed{'s' if several else ''} {', '.join(map(str, seeds))}"
              f"{': mean ± sd over seeds' if several else ''}; {teacher}; vs full: the relative difference of "
-             "per-user test Recall@20 to the full model's, with its 95 % interval from a paired bootstrap over "
-             "seeds and test users and the seeds whose own difference has its sign; "
+             "per-user test Recall@20 to the full model's, with its 95 % interval over seeds and test users "
+             "(seeds − 1 degrees of freedom) and the seeds whose own difference has its sign; "
              f"command: `{report['command']}`)", "",
              "| variant | flags | test Recall@20 | test NDCG@20 | val Recall@20 | Recall@20 vs full (%) "
              "| 95 % interval | same sign | best epoch |",
@@ -188,8 +187,8 @@ def main(argv=None):
         teacher=dict(shared=bool(args.teacher_ckpt), teacher_ckpt=args.teacher_ckpt,
                      description=("one shared teacher for every seed (w/o prompt: retrained per seed)"
                                   if args.teacher_ckpt else "teacher retrained per seed")),
-        vs_full="per-user test Recall@20 against the full model (A): utility/stats.py two_way_bootstrap, a paired "
-                "bootstrap over seeds and test users",
+        vs_full="per-user test Recall@20 against the full model (A): utility/stats.py two_way_comparison, the "
+                "t interval of the crossed seeds x test users design",
         rows=rows))
     write_report(format_table(report), report, out)
     return 0

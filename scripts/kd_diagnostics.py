@@ -25,7 +25,7 @@ from utility.config import KDConfig, StudentConfig, TeacherConfig, from_dict  # 
 from utility.evaluate import top_unseen_items  # noqa: E402
 from utility.graph import build_graphs  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
-from utility.objectives import student_terms  # noqa: E402
+from utility.objectives import Distillation  # noqa: E402
 from utility.parser import parse_args  # noqa: E402
 from utility.run_io import Logger  # noqa: E402
 from utility.sampler import TripleSampler  # noqa: E402
@@ -80,8 +80,8 @@ def main(argv=None):
         out = teacher()
     top50 = top_unseen_items(out.user, out.item, ds.train, 50)
     kd = KDConfig.from_args(args)
-    cfg = StudentConfig.from_args(args)
-    student = build_student(cfg, ds.n_users, ds.n_items, graphs)
+    cfg = StudentConfig.from_args(args, teacher.cfg)
+    student = build_student(cfg, graphs)
     projector = None
     if cfg.embed_size != teacher.cfg.embed_size:
         projector = torch.nn.Linear(cfg.embed_size, teacher.cfg.embed_size, bias=False)
@@ -92,8 +92,7 @@ def main(argv=None):
     for b in range(own.batches):
         rows = slice(b * args.batch_size, (b + 1) * args.batch_size)
         batch = users[rows], pos[rows], neg[rows], extra[rows]
-        top = top50[batch[0], :kd.rank_k] if kd.rank_weight else None
-        terms = student_terms(student, out, *batch, cfg, kd, projector, top)
+        terms = Distillation(kd, student, teacher, cfg.reg, projector).terms(out, *batch)
         norms.append(gradient_norms(terms, params))
         stats.append(soft_label_stats(out, *batch, top50, kd.temperature))
     print(f"gradient norm on the student's parameters (mean of {own.batches} batches, random init, d={cfg.embed_size}):")

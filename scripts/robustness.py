@@ -1,7 +1,7 @@
 """Robust defaults: every setting on every dataset, scored by its worst result relative to the best.
 
     python scripts/robustness.py --datasets movielens-temporal movielens tiktok synth-tiktok \\
-        --settings "" "--knn_k 10 --knn_on ids" [--seeds 1 2] [--jobs 2] [--data_path data] \\
+        --settings "" "--knn_k 0" [--seeds 1 2] [--jobs 2] [--data_path data] \\
         [--stage student] [--out table.md] [--resume_dir DIR] [main.py flags held fixed]
 
 Each setting is a string of main.py flags ("" is the defaults). Every (setting, dataset, seed) runs

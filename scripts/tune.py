@@ -22,12 +22,12 @@ flags of both stages go to ``--out`` as a JSON object for ``main.py --config``; 
 command line of ``main.py`` still win over it.
 
 Search space (flag: range; log: sampled on a log scale) -- the teacher:
-    lr 1e-4..3e-2 log, reg 1e-6..1e-2 log, dropout 0..0.5, cf_layers 1..3, mm_layers 1..2,
+    lr 1e-4..3e-2 log, reg 1e-6..1e-2 log (both stages), cf_layers 1..3, mm_layers 1..2,
     mm_fusion_weight (lambda_c) 0.01..1 log, feat_prompt_weight (lambda_f) 0..0.5,
     emb_prompt_weight (lambda_s) 0..0.5, mm_loss_weight (lambda_m) 0..0.5, prompt_loss_weight (lambda_p) 0..0.5;
 the student:
-    student_lr 1e-4..1e-2 log, student_reg 1e-6..1e-2 log, kd_pair_weight 0..2, kd_list_weight 0..2,
-    kd_emb_weight 0..1, kd_temperature 0.25..4 log, kd_de_weight 0..2, kd_rank_weight 0..1.
+    student_lr 1e-4..1e-2 log, kd_pair_weight 0..2, kd_list_weight 0..2, kd_emb_weight 0..1,
+    kd_temperature 0.25..4 log, kd_de_weight 0..2.
 """
 import argparse
 import datetime
@@ -42,21 +42,22 @@ sys.path.insert(0, ROOT)
 import optuna  # noqa: E402
 
 from utility import pipeline  # noqa: E402
+from utility.config import KDConfig  # noqa: E402
 from utility.errors import UserError  # noqa: E402
 from utility.parser import parse_args  # noqa: E402
 from utility.run_io import Logger, write_json  # noqa: E402
 
 # flag: (low, high, log scale); an int range when both bounds are ints
 TEACHER_SPACE = {
-    "lr": (1e-4, 3e-2, True), "reg": (1e-6, 1e-2, True), "dropout": (0.0, 0.5, False),
+    "lr": (1e-4, 3e-2, True), "reg": (1e-6, 1e-2, True),
     "cf_layers": (1, 3, False), "mm_layers": (1, 2, False), "mm_fusion_weight": (0.01, 1.0, True),
     "feat_prompt_weight": (0.0, 0.5, False), "emb_prompt_weight": (0.0, 0.5, False),
     "mm_loss_weight": (0.0, 0.5, False), "prompt_loss_weight": (0.0, 0.5, False),
 }
 STUDENT_SPACE = {
-    "student_lr": (1e-4, 1e-2, True), "student_reg": (1e-6, 1e-2, True), "kd_pair_weight": (0.0, 2.0, False),
+    "student_lr": (1e-4, 1e-2, True), "kd_pair_weight": (0.0, 2.0, False),
     "kd_list_weight": (0.0, 2.0, False), "kd_emb_weight": (0.0, 1.0, False), "kd_temperature": (0.25, 4.0, True),
-    "kd_de_weight": (0.0, 2.0, False), "kd_rank_weight": (0.0, 1.0, False),
+    "kd_de_weight": (0.0, 2.0, False),
 }
 
 
@@ -73,7 +74,10 @@ def suggest(trial, space):
 
 def untuned(args, space):
     """The values the run takes without tuning (defaults, preset, fixed flags), clipped to the space."""
-    return {flag: min(max(getattr(args, flag), low), high) for flag, (low, high, _) in space.items()}
+    # --kd_de_weight's default follows --student_init: the value the run resolves it to
+    resolved = dict(vars(args), kd_de_weight=KDConfig.from_args(args).de_weight if args.kd_de_weight is None
+                    else args.kd_de_weight)
+    return {flag: min(max(resolved[flag], low), high) for flag, (low, high, _) in space.items()}
 
 
 def as_flags(values):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scripts import ablation
-from utility.stats import two_way_bootstrap
+from utility.stats import two_way_comparison
 
 
 def test_the_one_factor_rows_replace_the_student_without_kd():
@@ -28,7 +28,7 @@ def test_ablation_table_over_two_seeds(tmp_path, tiny_json):
     out = tmp_path / "ablation.md"
     code = ablation.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
                           "--runs_dir", str(tmp_path / "runs"), "--out", str(out), "--seeds", "1", "2",
-                          "--epoch", "1", "--student_epoch", "1", "--embed_size", "8", "--batch_size", "64"])
+                          "--epoch", "1", "--embed_size", "8", "--batch_size", "64"])
     assert code == 0
     text = out.read_text()
     lines = text.splitlines()
@@ -69,7 +69,7 @@ def test_ablation_table_over_two_seeds(tmp_path, tiny_json):
     def per_user(label):
         return np.stack([np.load(os.path.join(run["run_dir"], "student_test_per_user.npz"))["recall@20"]
                          for run in rows[label]["runs"]])
-    expected = two_way_bootstrap(per_user(ablation.FULL), per_user("neither"))
+    expected = two_way_comparison(per_user(ablation.FULL), per_user("neither"))
     vs = rows["neither"]["vs_full"]
     assert vs["rel_diff"] == pytest.approx(expected["rel_diff"]) and vs["interval"] == pytest.approx(
         list(expected["interval"]))

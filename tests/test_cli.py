@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from utility import pipeline
+
 from tinydata import ROOT
 
 
@@ -24,12 +26,42 @@ def test_dry_run_of_the_default_command(tmp_path):
     assert "MostPopular" in proc.stdout and "student (lightgcn)" in proc.stdout
 
 
-def test_deprecated_verbose_still_sets_eval_every():
-    from utility.parser import parse_args
-    with pytest.warns(FutureWarning, match="--eval_every"):
-        args = parse_args(["--verbose", "3"])
-    assert args.eval_every == 3
-    assert parse_args(["--eval_every", "4"]).eval_every == 4
+def test_a_removed_flag_is_a_one_line_error_naming_its_replacement(tmp_path, capsys):
+    from utility.parser import REMOVED_FLAGS
+    assert pipeline.run_command(["--verbose", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--verbose" in err and "was removed" in err and "--eval_every" in err
+    assert pipeline.run_command(["--student_epoch=5"]) == 2
+    assert "use --epoch" in capsys.readouterr().err
+    assert pipeline.run_command(["--config", _config(tmp_path, {"kd_rank_weight": 1.0})]) == 2
+    err = capsys.readouterr().err
+    assert "--kd_rank_weight" in err and "best.json" in err and "was removed" in err
+    assert pipeline.run_command(["--dataset", "some_dataset_with_knn_on_in_its_name", "--no_test", "--epoch", "0"]) == 2
+    assert "was removed" not in capsys.readouterr().err            # values are not flags
+    assert all(flag.startswith("--") and reason for flag, reason in REMOVED_FLAGS.items())
+
+
+def test_help_lists_at_most_fifty_flags():
+    from utility.parser import build_parser
+    flags = [a for a in build_parser()._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) <= 50
+
+
+def test_config_dataclasses_and_flags_share_their_defaults():
+    """With no flag and no preset, each config built from the flags is its dataclass's default."""
+    from utility.config import KDConfig, StudentConfig, TeacherConfig, TrainConfig, flag_defaults
+    from utility.parser import build_parser, parse_args
+    args = parse_args(["--dataset", "mine"])
+    assert TeacherConfig.from_args(args) == TeacherConfig()
+    assert StudentConfig.from_args(args, TeacherConfig()) == StudentConfig()
+    assert TrainConfig.from_args(args, "teacher") == TrainConfig()
+    assert TrainConfig.from_args(args, "student") == TrainConfig()
+    kd = KDConfig.from_args(args)
+    assert kd == KDConfig(de_weight=0.0) and KDConfig().de_weight is None   # None: follows --student_init
+    parser_defaults = {a.dest: a.default for a in build_parser()._actions}
+    for flag, default in flag_defaults().items():
+        assert parser_defaults[flag] == default, flag
+    assert StudentConfig.from_args(parse_args(["--embed_size", "32"]), TeacherConfig(embed_size=32)).embed_size == 32
 
 
 def _config(tmp_path, data):
@@ -53,7 +85,7 @@ def test_config_file_overrides_the_preset_and_the_command_line_overrides_it(tmp_
     ({"lr": "fast"}, "lr = \"fast\": expected a number"),
     ({"epoch": 2.5}, "epoch = 2.5: expected an integer"),
     ({"no_prompt": 1}, "no_prompt = 1: expected true or false"),
-    ({"student_model_type": "gnn"}, "expected one of mlp, lightgcn"),
+    ({"student_init": "gnn"}, "expected one of teacher, random"),
     ({"topk": 20}, "topk = 20: expected a non-empty list"),
     ([1, 2], "expected a JSON object"),
 ])
@@ -75,11 +107,13 @@ def test_unreadable_config_file(tmp_path, capsys):
 
 
 def test_representation_kd_is_on_by_default_for_random_initialisation_only():
+    from utility.config import KDConfig
     from utility.parser import parse_args
-    assert parse_args([]).kd_de_weight == 0.0
-    assert parse_args(["--student_init", "random"]).kd_de_weight == 1.0
-    assert parse_args(["--student_init", "random", "--kd_de_weight", "0.3"]).kd_de_weight == 0.3
-    assert parse_args(["--kd_de_weight", "2"]).kd_de_weight == 2.0
+    assert KDConfig.from_args(parse_args([])).de_weight == 0.0
+    assert KDConfig.from_args(parse_args(["--student_init", "random"])).de_weight == 1.0
+    assert KDConfig.from_args(parse_args(["--student_init", "random", "--kd_de_weight", "0.3"])).de_weight == 0.3
+    assert KDConfig.from_args(parse_args(["--kd_de_weight", "2"])).de_weight == 2.0
+    assert KDConfig.from_args(parse_args(["--kd_de_weight", "2", "--no_kd"])).de_weight == 0.0
 
 
 def test_preset_none_gives_a_published_dataset_the_plain_defaults():

@@ -25,7 +25,7 @@ def _parts(device):
 
 
 def test_teacher_and_losses_match_cpu():
-    cfg = TeacherConfig(embed_size=8)
+    cfg = TeacherConfig(embed_size=8, knn_k=0)
     outs = {}
     for name in ("cpu", "cuda"):
         device = torch.device(name)
@@ -63,7 +63,7 @@ def test_end_to_end_on_cuda_matches_cpu(tmp_path, tiny_json):
         out = tmp_path / f"{device}.json"
         code = pipeline.run_command(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
                           "--runs_dir", str(tmp_path / "runs"), "--device", device, "--epoch", "3",
-                          "--student_epoch", "3", "--embed_size", "16", "--batch_size", "64",
+                          "--embed_size", "16", "--batch_size", "64",
                           "--results_json", str(out), "--no_plot"])
         assert code == 0
         results[device] = json.loads(out.read_text())

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from utility import pipeline
+
+
 def run_main(tmp_path, data, *extra):
     runs = tmp_path / "runs"
     argv = ["--data_path", os.path.dirname(data), "--dataset", os.path.basename(data), "--runs_dir", str(runs),
-            "--epoch", "2", "--student_epoch", "2", "--batch_size", "64", "--embed_size", "16",
+            "--epoch", "2", "--batch_size", "64", "--embed_size", "16",
             "--no_plot", *extra]
     code = pipeline.run_command(argv)
     folders = sorted((runs / os.path.basename(data)).iterdir()) if runs.exists() else []
@@ -73,13 +75,17 @@ def test_both_stages_and_reuse_of_the_teacher(tmp_path, tiny_json):
     for name, value in teacher.items():
         assert torch.equal(value, after[name]) != name.startswith("prompt_module."), name
 
+    # the teacher as distillation left it is evaluated and reported beside the stage-1 teacher
+    after_stage_2 = results["teacher_after_distillation"]
+    assert set(after_stage_2) == {"val", "test"} and after_stage_2["test"]["recall@20"] >= 0
+
     code, folders2 = run_main(tmp_path, tiny_json, "--stage", "student", "--teacher_ckpt",
-                              str(folders[0] / "teacher.pt"), "--student_model_type", "mlp")
+                              str(folders[0] / "teacher.pt"), "--student_embed_size", "8")
     assert code == 0
     new = [f for f in folders2 if f not in folders]
     reused = json.loads((new[0] / "results.json").read_text())
     assert reused["teacher"]["test"] == pytest.approx(results["teacher"]["test"])
-    assert reused["student"]["kind"] == "mlp"
+    assert torch.load(new[0] / "student.pt", weights_only=False)["models"]["student"]["user_emb"].shape[1] == 8
 
 
 def test_student_stage_needs_a_compatible_teacher(tmp_path, tiny_json, capsys):
@@ -89,7 +95,28 @@ def test_student_stage_needs_a_compatible_teacher(tmp_path, tiny_json, capsys):
     ckpt = str(folders[0] / "teacher.pt")
     code, _ = run_main(tmp_path, tiny_json, "--stage", "student", "--teacher_ckpt", ckpt, "--no_prompt")
     err = capsys.readouterr().err
-    assert code == 2 and "--teacher_ckpt" in err and "no_prompt" in err
+    assert code == 2 and "--teacher_ckpt" in err and "no_prompt" in err and "contradicts" in err
+    code, _ = run_main(tmp_path, tiny_json, "--stage", "student", "--teacher_ckpt", ckpt, "--mm_fusion_weight", "0.5")
+    err = capsys.readouterr().err
+    assert code == 2 and "--mm_fusion_weight 0.5 contradicts the checkpoint" in err and "\n" not in err.strip()
+
+
+def test_the_checkpoint_defines_the_teacher_and_the_students_width(tmp_path, tiny_json):
+    """Without the flags, a loaded teacher keeps what it was trained with, and the student takes its width."""
+    data = ["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json), "--epoch", "1",
+            "--batch_size", "64", "--no_plot"]
+    assert pipeline.run_command(data + ["--runs_dir", str(tmp_path / "t"), "--stage", "teacher", "--embed_size", "12",
+                                        "--mm_fusion_weight", "0.3", "--no_prompt"]) == 0
+    (folder,) = (tmp_path / "t" / os.path.basename(tiny_json)).iterdir()
+    out = tmp_path / "s.json"
+    assert pipeline.run_command(data + ["--runs_dir", str(tmp_path / "s"), "--stage", "student", "--teacher_ckpt",
+                                        str(folder / "teacher.pt"), "--results_json", str(out)]) == 0
+    (student_folder,) = (tmp_path / "s" / os.path.basename(tiny_json)).iterdir()
+    config = json.loads((student_folder / "config.json").read_text())
+    assert (config["teacher"]["embed_size"], config["teacher"]["mm_fusion_weight"]) == (12, 0.3)
+    assert config["teacher"]["use_prompt"] is False
+    state = torch.load(student_folder / "student.pt", weights_only=False)["models"]["student"]
+    assert state["user_emb"].shape[1] == 12
 
 
 def test_same_seed_same_numbers(tmp_path, tiny_json):
@@ -112,7 +139,7 @@ def _evaluate_checkpoint(folder, data, stage, exclude_val=True):
     graphs = build_graphs(ds.train, torch.device("cpu"))
     state = ckpt["models"]["student"]
     student = LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], state["user_emb"].shape[1],
-                              ckpt["config"]["student_layers"])
+                              ckpt["config"]["teacher"]["cf_layers"])
     student.load_state_dict(state)
     with torch.no_grad():
         user, item = student()
@@ -121,7 +148,7 @@ def _evaluate_checkpoint(folder, data, stage, exclude_val=True):
 
 
 def test_test_metrics_come_from_the_best_validation_weights(tmp_path, tiny_json):
-    code, folders = run_main(tmp_path, tiny_json, "--student_epoch", "8", "--student_lr", "0.05",
+    code, folders = run_main(tmp_path, tiny_json, "--epoch", "8", "--student_lr", "0.05",
                              "--student_init", "random")
     assert code == 0
     results = json.loads((folders[0] / "results.json").read_text())
@@ -138,7 +165,7 @@ def test_validation_items_are_excluded_at_test_time_unless_asked_not_to(tmp_path
     for flag, exclude_val in (((), True), (("--no_exclude_val",), False)):
         runs = tmp_path / f"exclude-{exclude_val}"
         code = pipeline.run_command(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
-                          "--runs_dir", str(runs), "--epoch", "2", "--student_epoch", "2", "--batch_size", "64",
+                          "--runs_dir", str(runs), "--epoch", "2", "--batch_size", "64",
                           "--embed_size", "16", "--no_plot", *flag])
         assert code == 0
         folder = next((runs / os.path.basename(tiny_json)).iterdir())
@@ -163,7 +190,7 @@ def test_trained_models_beat_most_popular_on_planted_data(tmp_path):
     """Users like one item cluster that the features reveal: personalised models must win."""
     from tinydata import tiny_splits, write_json_dataset
     data = write_json_dataset(str(tmp_path / "planted"), *tiny_splits(n_users=120, n_items=160, seed=5))
-    code, folders = run_main(tmp_path, data, "--epoch", "30", "--student_epoch", "30", "--lr", "0.01",
+    code, folders = run_main(tmp_path, data, "--epoch", "30", "--lr", "0.01",
                              "--student_lr", "0.01")
     assert code == 0
     results = json.loads((folders[0] / "results.json").read_text())

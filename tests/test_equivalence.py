@@ -1,5 +1,5 @@
 """The optimised teacher (blocked sparse products, the prompt lift in the embedding space, gathered
-rows, frozen caches) against a dense transcription of docs/method.md, stage 1.
+rows) against a dense transcription of docs/method.md, stage 1.
 
 The reference takes only the raw inputs (the training matrix, the features, the hard tokens) and
 the teacher's parameter tensors; it builds its own dense graphs with numpy and writes the losses
@@ -17,7 +17,7 @@ from utility.features import item_hard_tokens
 from utility.graph import build_graphs
 from utility.objectives import teacher_terms
 
-CFG = TeacherConfig(embed_size=8, feat_prompt_weight=0.5, emb_prompt_weight=0.3, mm_layers=2, mm_fusion_weight=0.7,
+CFG = TeacherConfig(embed_size=8, knn_k=0, feat_prompt_weight=0.5, emb_prompt_weight=0.3, mm_layers=2, mm_fusion_weight=0.7,
                     mm_loss_weight=0.2, prompt_loss_weight=0.3, reg=0.01)
 
 
@@ -56,7 +56,7 @@ def reference(t, cfg, train, feats, tokens, users, pos, neg):
     for m, x in (feats.items() if cfg.use_modalities else []):
         if p_item is not None:
             x = x + cfg.feat_prompt_weight * F.normalize(p_item @ (p_item.T @ x), dim=1)
-        h = t.dropout(x @ t.reducers[m].weight.T + t.reducers[m].bias)
+        h = x @ t.reducers[m].weight.T + t.reducers[m].bias
         f_item = h
         for _ in range(cfg.mm_layers):
             f_user = user_mean @ f_item
@@ -103,7 +103,7 @@ def make(parts, **overrides):
 
 
 def compare(teacher, cfg, parts):
-    """Outputs, loss and gradients of the optimised forward vs the reference (same dropout masks)."""
+    """Outputs, loss and gradients of the optimised forward vs the reference."""
     mat, feats, tokens = parts
     users, pos, neg = torch.tensor([0, 5, 9, 33]), torch.tensor([1, 2, 3, 4]), torch.tensor([70, 71, 72, 79])
     params = [p for p in teacher.parameters() if p.requires_grad]
@@ -127,22 +127,10 @@ def test_stage1_forward_loss_and_gradients_match_the_reference(parts):
     compare(teacher, cfg, parts)
 
 
-def test_with_prompt_dropout_the_general_lift_matches_too(parts):
-    teacher, cfg = make(parts, prompt_dropout=0.3)
-    teacher.train()
-    assert not teacher.prompt_module.is_linear
-    compare(teacher, cfg, parts)
-
-
 def test_stage2_frozen_teacher_matches_the_reference(parts):
     teacher, cfg = make(parts)
     teacher.eval()
     teacher.freeze_for_distillation()
-    compare(teacher, cfg, parts)
-    # the frozen reductions follow weights loaded into the frozen teacher
-    state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    state["reducers.image.weight"].mul_(1.5)
-    teacher.load_state_dict(state)
     compare(teacher, cfg, parts)
 
 

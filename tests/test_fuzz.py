@@ -128,7 +128,7 @@ def make_dataset(tmp_path, layout, change):
 def run_cli(tmp_path, capsys, *extra, dataset="bad"):
     runs = tmp_path / "runs"
     code = pipeline.run_command(["--data_path", str(tmp_path), "--dataset", dataset, "--runs_dir", str(runs),
-                      "--epoch", "1", "--student_epoch", "1", "--no_plot", *extra])
+                      "--epoch", "1", "--no_plot", *extra])
     err = [l for l in capsys.readouterr().err.strip().splitlines() if not l.startswith("warning")]
     return code, err, runs
 
@@ -160,8 +160,8 @@ FLAG_CASES = {
     "unknown selection metric": (["--valid_metric", "mrr@20"], "--valid_metric", "expected NAME@K"),
     "sce gamma below one": (["--sce_gamma", "0.5"], "--sce_gamma", "at least 1"),
     "eval every zero": (["--eval_every", "0"], "--eval_every", "at least 1"),
-    "kNN graphs of zero hops": (["--knn_k", "5", "--knn_layers", "0"], "--knn_layers", "at least 1"),
-    "dropout one": (["--dropout", "1"], "--dropout", "[0, 1)"),
+    "negative kNN neighbours": (["--knn_k", "-1"], "--knn_k", "must not be negative"),
+    "a removed flag": (["--dropout", "0.1"], "--dropout", "was removed"),
     "list KD without negatives": (["--neg_sample_num", "0"], "--neg_sample_num", "extra negative"),
     "missing dataset folder": (["--dataset", "nowhere"], "nowhere", "dataset folder not found"),
     "student stage without a teacher": (["--stage", "student"], "--teacher_ckpt", "needs"),

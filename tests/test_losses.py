@@ -171,37 +171,6 @@ def test_sce_loss_2x3():
         assert sce_loss(tt(A), tt(B), gamma=gamma).item() == pytest.approx(((1 - cos) ** gamma).mean(), rel=1e-5)
 
 
-def test_relaxed_ranking_loss_by_hand():
-    """Two rows; the first worked out term by term, the second where the order is reversed."""
-    from utility.losses import relaxed_ranking_loss
-    interesting = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
-    uninteresting = torch.tensor([[0.5, -1.0], [0.5, -1.0]])
-    e = np.exp
-    rest = e(0.5) + e(-1.0)
-
-    def row(s):
-        return -np.mean([s[k] - np.log(sum(e(x) for x in s[k:]) + rest) for k in range(3)])
-    expected = (row([2.0, 1.0, 0.0]) + row([0.0, 1.0, 2.0])) / 2
-    assert relaxed_ranking_loss(interesting, uninteresting).item() == pytest.approx(expected, rel=1e-6)
-    # the teacher's order is cheaper than its reverse, and raising an uninteresting score costs
-    assert row([2.0, 1.0, 0.0]) < row([0.0, 1.0, 2.0])
-    worse = relaxed_ranking_loss(interesting[:1], uninteresting[:1] + 1.0)
-    assert worse.item() > relaxed_ranking_loss(interesting[:1], uninteresting[:1]).item()
-
-
-def test_relaxed_ranking_loss_gradient_raises_the_top_item():
-    from utility.losses import relaxed_ranking_loss
-    interesting = torch.zeros(1, 2, requires_grad=True)
-    uninteresting = torch.zeros(1, 2, requires_grad=True)
-    relaxed_ranking_loss(interesting, uninteresting).backward()
-    # d/ds_1 of -(1/2)[(s1 - log(e^s1 + e^s2 + 2)) + (s2 - log(e^s2 + 2))] at 0: -(1/2)(1 - 1/4)
-    assert interesting.grad[0, 0].item() == pytest.approx(-0.375)
-    # d/ds_2: -(1/2)[(-1/4) + (1 - 1/3)]
-    assert interesting.grad[0, 1].item() == pytest.approx(-(0.5) * (-0.25 + 2 / 3))
-    # each uninteresting item: (1/2)(1/4 + 1/3)
-    assert uninteresting.grad[0, 0].item() == pytest.approx(0.5 * (0.25 + 1 / 3))
-
-
 def test_sce_loss_default_gamma_is_two():
     a, b = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     # cosines 0 and 1/sqrt(2): mean of (1 - cos)^2

@@ -6,17 +6,16 @@ import torch
 
 from dataclasses import replace
 
-from Models import (LightGCNStudent, MLPStudent, PromptModule, Teacher, build_student, compress_embeddings,
-                    count_parameters)
+from Models import LightGCNStudent, PromptModule, Teacher, build_student, compress_embeddings, count_parameters
 from tinydata import tiny_model_inputs
 from utility.config import KDConfig, StudentConfig, TeacherConfig
 from utility.graph import build_graphs
-from utility.objectives import student_terms, teacher_terms
+from utility.objectives import Distillation, teacher_terms
 
 
 @pytest.fixture(scope="module")
 def setup():
-    return (*tiny_model_inputs(), TeacherConfig(embed_size=8))
+    return (*tiny_model_inputs(), TeacherConfig(embed_size=8, knn_k=0))
 
 
 def make_teacher(setup, **overrides):
@@ -63,11 +62,11 @@ def test_stage2_gradients_reach_the_prompts_and_not_the_frozen_teacher(setup):
     teacher.freeze_for_distillation()
     trainable = {n for n, p in teacher.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("prompt_module.") for n in trainable)
-    student = MLPStudent(30, 40, 8, 16)
+    student = LightGCNStudent(setup[0]["norm_ui"], setup[0]["norm_iu"], 8, 2)
     before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     optimizer = torch.optim.AdamW(list(student.parameters()) + [p for p in teacher.parameters() if p.requires_grad])
     users, pos, neg, extra = batch()
-    terms = student_terms(student, teacher(), users, pos, neg, extra, StudentConfig(embed_size=8), KDConfig())
+    terms = Distillation(KDConfig(de_weight=0.0), student, teacher, reg=1e-4)(users, pos, neg, extra)
     assert set(terms) == {"bpr", "reg", "pair_kd", "list_kd", "emb_kd"}
     sum(terms.values()).backward()
     for name, p in teacher.named_parameters():
@@ -81,11 +80,9 @@ def test_stage2_gradients_reach_the_prompts_and_not_the_frozen_teacher(setup):
         assert changed == name.startswith("prompt_module."), name
 
 
-def test_students_score_without_features(setup):
+def test_the_student_scores_without_features(setup):
     graphs = setup[0]
-    mlp = MLPStudent(30, 40, 8, 16)
-    gcn = LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], 8, 2)
-    for student in (mlp, gcn):
+    for student in (LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], 8, 2),):
         user, item = student()
         assert user.shape == (30, 8) and item.shape == (40, 8)
         u, i, j = student.embed(torch.tensor([1, 2]), torch.tensor([[3, 4, 5], [6, 7, 8]]), torch.tensor([9, 3]))
@@ -94,12 +91,11 @@ def test_students_score_without_features(setup):
         assert not any("reducer" in n or "feat" in n for n, _ in student.named_parameters())
 
 
-def test_mlp_student_initialised_from_teacher_reproduces_its_embeddings(setup):
+def test_student_initialised_from_teacher_holds_its_embeddings(setup):
     out = make_teacher(setup)()
-    student = MLPStudent(30, 40, 8, 16)
+    student = LightGCNStudent(setup[0]["norm_ui"], setup[0]["norm_iu"], 8, 2)
     student.init_embeddings(out.user.detach(), out.item.detach())
-    user, item = student()
-    assert torch.allclose(user, out.user) and torch.allclose(item, out.item)
+    assert torch.allclose(student.user_emb, out.user) and torch.allclose(student.item_emb, out.item)
 
 
 def test_compress_embeddings_keeps_the_dominant_scores():
@@ -206,21 +202,19 @@ def test_teacher_reg_is_the_batch_id_embeddings_l2(setup):
     assert "prompt" not in _teacher_terms(setup, prompt_loss_weight=0.0)[0]
 
 
-def _student_terms(setup, student_cfg=StudentConfig(embed_size=8), **kd):
+def _student_terms(setup, reg=1e-4, **kd):
     teacher = make_teacher(setup)
     teacher.eval()
     torch.manual_seed(1)
     student = LightGCNStudent(setup[0]["norm_ui"], setup[0]["norm_iu"], 8, 2)
     users, pos, neg, extra = batch()
-    top = torch.tensor([[21, 22], [23, 24], [25, 26], [27, 28]])   # the teacher's top items of each row
+    kd = {"de_weight": 0.0, "neg_sample_num": 3, **kd}
     with torch.no_grad():
-        return student_terms(student, teacher(), users, pos, neg, extra, student_cfg, KDConfig(**kd),
-                             teacher_top=top), student
+        return Distillation(KDConfig(**kd), student, teacher, reg)(users, pos, neg, extra), student
 
 
 @pytest.mark.parametrize("term, field", [("pair_kd", "pair_weight"), ("list_kd", "list_weight"),
-                                         ("emb_kd", "emb_weight"), ("rank_kd", "rank_weight"),
-                                         ("score_kd", "score_weight"), ("de_kd", "de_weight")])
+                                         ("emb_kd", "emb_weight"), ("de_kd", "de_weight")])
 def test_student_kd_term_scales_with_its_weight_and_vanishes_at_zero(setup, term, field):
     base, _ = _student_terms(setup, **{field: 0.5})
     double, _ = _student_terms(setup, **{field: 1.0})
@@ -232,19 +226,10 @@ def test_student_kd_term_scales_with_its_weight_and_vanishes_at_zero(setup, term
 
 
 def test_student_reg_uses_its_own_weight_on_the_ego_embeddings(setup):
-    terms, student = _student_terms(setup, StudentConfig(embed_size=8, reg=0.3))
+    terms, student = _student_terms(setup, reg=0.3)
     users, pos, neg, _ = batch()
     squares = student.user_emb[users].pow(2).sum() + student.item_emb[pos].pow(2).sum() + student.item_emb[neg].pow(2).sum()
     assert terms["reg"].item() == pytest.approx(0.3 * squares.item() / (2 * 4), rel=1e-5)
-
-
-def test_list_kd_variants_are_selected_by_the_config(setup):
-    reweighted, _ = _student_terms(setup)
-    plain, _ = _student_terms(setup, disentangle=False)
-    flat, _ = _student_terms(setup, list_reweight=False)
-    # with the teacher's non-target mass as weight the disentangled value equals the plain KL
-    assert reweighted["list_kd"].item() == pytest.approx(plain["list_kd"].item(), rel=1e-4)
-    assert flat["list_kd"].item() > reweighted["list_kd"].item()   # weight 1 >= the non-target mass
 
 
 def test_kd_temperature_reaches_the_pair_and_list_terms(setup):
@@ -258,21 +243,23 @@ def test_kd_temperature_reaches_the_pair_and_list_terms(setup):
 def test_no_kd_leaves_bpr_and_reg_only_and_needs_no_teacher(setup):
     from types import SimpleNamespace
     args = SimpleNamespace(kd_pair_weight=1.0, kd_list_weight=1.0, kd_emb_weight=0.1, kd_temperature=1.0,
-                           sce_gamma=2.0, neg_sample_num=10, no_disentangle=False, no_list_reweight=False, no_kd=True,
-                           kd_rank_weight=1.0, kd_rank_k=10, kd_score_weight=0.5, kd_de_weight=0.5, paper_kd=False)
+                           sce_gamma=2.0, neg_sample_num=10, no_kd=True, kd_de_weight=0.5, student_init="teacher")
     kd = KDConfig.from_args(args)
-    assert not kd.active and not kd.needs_lists
+    assert (kd.pair_weight, kd.list_weight, kd.emb_weight, kd.de_weight) == (0, 0, 0, 0)
     full, _ = _student_terms(setup)
     torch.manual_seed(1)
     student = LightGCNStudent(setup[0]["norm_ui"], setup[0]["norm_iu"], 8, 2)
     users, pos, neg, _ = batch()
-    terms = student_terms(student, None, users, pos, neg, None, StudentConfig(embed_size=8), kd)
+    objective = Distillation(kd, student, make_teacher(setup).eval(), reg=1e-4)
+    assert objective.teacher_output() is None and objective.extra_negatives == 0
+    terms = objective(users, pos, neg, None)
     assert set(terms) == {"bpr", "reg"}
     assert terms["bpr"].item() == pytest.approx(full["bpr"].item(), rel=1e-6)
     on = KDConfig.from_args(SimpleNamespace(**{**vars(args), "no_kd": False}))
-    assert on.active and on.rank_weight == 1.0
-    paper = KDConfig.from_args(SimpleNamespace(**{**vars(args), "no_kd": False, "paper_kd": True}))
-    assert paper.rank_weight == 0.0 and (paper.pair_weight, paper.list_weight, paper.emb_weight) == (1.0, 1.0, 0.1)
+    assert (on.pair_weight, on.list_weight, on.emb_weight, on.de_weight) == (1.0, 1.0, 0.1, 0.5)
+    unset = SimpleNamespace(**{**vars(args), "no_kd": False, "kd_de_weight": None})
+    assert KDConfig.from_args(unset).de_weight == 0.0       # a teacher start: no representation KD
+    assert KDConfig.from_args(SimpleNamespace(**{**vars(unset), "student_init": "random"})).de_weight == 1.0
 
 
 # --- gaps found by mutation testing (mutmut 3.8.1) ---------------------------------------------
@@ -304,13 +291,11 @@ def test_student_terms_match_the_losses_written_out_with_numpy(setup, width):
     student = LightGCNStudent(setup[0]["norm_ui"], setup[0]["norm_iu"], width, 2)
     projector = torch.nn.Linear(width, 8) if width != 8 else None
     users, pos, neg, extra = batch()
-    kd = KDConfig(pair_weight=0.7, list_weight=0.4, emb_weight=0.3, temperature=2.0, sce_gamma=3.0,
-                  disentangle=False, rank_weight=0.6)
-    top = torch.tensor([[21, 22], [23, 24], [25, 26], [27, 28]])
+    kd = KDConfig(pair_weight=0.7, list_weight=0.4, emb_weight=0.3, de_weight=0.0, temperature=2.0, sce_gamma=3.0,
+                  neg_sample_num=3)
     with torch.no_grad():
         t_out = teacher()
-        terms = student_terms(student, t_out, users, pos, neg, extra, StudentConfig(embed_size=width, reg=0.0),
-                              kd, projector, teacher_top=top)
+        terms = Distillation(kd, student, teacher, 0.0, projector).terms(t_out, users, pos, neg, extra)
         su, si = (x.double().numpy() for x in student())
         tu, ti = t_out.user.double().numpy(), t_out.item.double().numpy()
         mm = {m: (t_out.mm_user[m].double().numpy(), t_out.mm_item[m].double().numpy()) for m in t_out.mm_user}
@@ -339,45 +324,14 @@ def test_student_terms_match_the_losses_written_out_with_numpy(setup, width):
                    for fu, fi in mm.values()])
     assert terms["emb_kd"].item() == pytest.approx(0.3 * emb, rel=1e-4)
 
-    # ranking KD: the teacher's top items in order, against the list negatives (not the positive)
-    s_top, s_other = np.einsum("bd,bmd->bm", su[u], si[top.numpy()]), np.einsum("bd,bkd->bk", su[u], si[extra.numpy()])
-    other = np.exp(s_other).sum(1)
-    rank = -np.mean([s_top[:, k] - np.log(np.exp(s_top[:, k:]).sum(1) + other) for k in range(2)], axis=0).mean()
-    assert terms["rank_kd"].item() == pytest.approx(0.6 * rank, rel=1e-4)
-
-
-def test_mlp_student_adds_its_mlp_to_the_id_embedding():
-    torch.manual_seed(0)
-    student = MLPStudent(5, 6, embed_size=4, hidden=3)
-    torch.nn.init.normal_(student.mlp[2].weight)       # the output layer starts at zero: make it act
-    with torch.no_grad():
-        user, item = student()
-        mlp = lambda x: student.mlp[2](torch.nn.functional.gelu(student.mlp[0](x)))  # noqa: E731
-        torch.testing.assert_close(user, student.user_emb + mlp(student.user_emb))
-        torch.testing.assert_close(item, student.item_emb + mlp(student.item_emb))
-
-
-def test_mlp_student_lookup_cuts_three_index_tensors_back_apart():
-    torch.manual_seed(0)
-    student = MLPStudent(5, 9, embed_size=4, hidden=3)
-    torch.nn.init.normal_(student.mlp[2].weight)
-    users, a, b, c = torch.tensor([3, 1, 3]), torch.tensor([0, 8]), torch.tensor([[2, 2], [7, 0]]), torch.tensor([5, 4, 1])
-    with torch.no_grad():
-        user, item = student()
-        got_user, got_a, got_b, got_c = student.embed(users, a, b, c)
-    torch.testing.assert_close(got_user, user[users])
-    for got, index in ((got_a, a), (got_b, b), (got_c, c)):
-        torch.testing.assert_close(got, item[index])
 
 
 def test_student_constructor_defaults():
-    mlp = MLPStudent(3, 4)
-    assert mlp.user_emb.shape == (3, 64) and mlp.mlp[0].out_features == 128
     graphs = build_graphs(sp_eye(3, 4), torch.device("cpu"))
     gcn = LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"])
     assert gcn.user_emb.shape == (3, 64) and gcn.n_layers == 2
-    prompt = PromptModule(5, 4).train()
-    assert prompt.dropout.p == 0.0 and prompt.is_linear
+    prompt = PromptModule(5, 4)
+    assert prompt.user_proj.in_features == 5 and prompt.item_proj.out_features == 4
 
 
 def sp_eye(n_users, n_items):
@@ -386,19 +340,12 @@ def sp_eye(n_users, n_items):
 
 def test_build_student_and_count_parameters():
     graphs = build_graphs(sp_eye(3, 4), torch.device("cpu"))
-    mlp = build_student(StudentConfig(model_type="mlp", embed_size=6, hidden=5), 3, 4)
-    assert isinstance(mlp, MLPStudent)
-    assert mlp.user_emb.shape == (3, 6) and mlp.item_emb.shape == (4, 6) and mlp.mlp[0].out_features == 5
-    gcn = build_student(StudentConfig(model_type="lightgcn", embed_size=6, n_layers=3), 3, 4, graphs)
+    gcn = build_student(StudentConfig(embed_size=6, n_layers=3), graphs)
     assert isinstance(gcn, LightGCNStudent)
     assert gcn.user_emb.shape == (3, 6) and gcn.item_emb.shape == (4, 6) and gcn.n_layers == 3
     assert gcn.norm_ui.shape == (3, 4) and gcn.norm_iu.shape == (4, 3)
-    with pytest.raises(ValueError, match="'gnn'"):
-        build_student(StudentConfig(model_type="gnn"), 3, 4, graphs)
-    # MLP: 3*6 + 4*6 ID rows, Linear(6, 5) and Linear(5, 6)
-    assert count_parameters(mlp) == 18 + 24 + (30 + 5) + (30 + 6)
-    assert count_parameters(mlp, exclude_prefixes=("mlp.",)) == 18 + 24
-    assert count_parameters(mlp, exclude_prefixes=("user_emb", "mlp.")) == 24
+    assert count_parameters(gcn) == 18 + 24                  # 3*6 + 4*6 ID rows, nothing else
+    assert count_parameters(gcn, exclude_prefixes=("user_emb",)) == 24
 
 
 def test_state_dicts_hold_only_the_parameters(setup):
@@ -436,24 +383,6 @@ def test_feature_prompt_of_small_norm_is_normalised(setup):
             layer = teacher.reducers[name]
             expected = (x + 0.5 * torch.nn.functional.normalize(lifted, dim=1)) @ layer.weight.T + layer.bias
             torch.testing.assert_close(teacher.reduce_features(name, prompt_item), expected, rtol=1e-4, atol=1e-5)
-
-
-def test_score_kd_is_the_kl_of_fused_teacher_and_student_softmax_over_the_candidates(setup):
-    import torch.nn.functional as F
-    terms, student = _student_terms(setup, score_weight=0.5, temperature=2.0)
-    teacher = make_teacher(setup)
-    teacher.eval()
-    users, pos, neg, extra = batch()
-    top = torch.tensor([[21, 22], [23, 24], [25, 26], [27, 28]])
-    candidates = torch.cat([pos[:, None], extra, top], dim=1)
-    with torch.no_grad():
-        out = teacher()
-        s_user, s_item = student()
-        t = (out.user[users][:, None, :] * out.item[candidates]).sum(-1) / 2.0
-        s = (s_user[users][:, None, :] * s_item[candidates]).sum(-1) / 2.0
-    p_t = F.softmax(t.double(), dim=1)
-    kl = (p_t * (F.log_softmax(t.double(), dim=1) - F.log_softmax(s.double(), dim=1))).sum(1).mean() * 4.0
-    assert terms["score_kd"].item() == pytest.approx(0.5 * kl.item(), rel=1e-4)
 
 
 def test_de_kd_regresses_the_fused_teacher_embeddings(setup):

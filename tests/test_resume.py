@@ -13,7 +13,7 @@ import pytest
 from data.synthetic import make_synthetic
 from tinydata import ROOT
 
-ARGS = ["--epoch", "4", "--student_epoch", "4", "--batch_size", "64", "--embed_size", "16",
+ARGS = ["--epoch", "4", "--batch_size", "64", "--embed_size", "16",
         "--threads", "1", "--no_plot", "--early_stopping_patience", "10"]
 
 pytestmark = pytest.mark.slow   # kills and resumes training subprocesses

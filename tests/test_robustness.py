@@ -36,7 +36,7 @@ def test_a_sweep_scores_validation_only_and_resumes(tmp_path, tiny_json, capsys)
     data = os.path.dirname(tiny_json)
     shutil.copytree(tiny_json, os.path.join(data, "tiktok"))   # a preset's name: the sweep runs without it
     argv = ["--data_path", data, "--datasets", "tiny", "tiktok", "--settings", "", "--reg 1e-3",
-            "--resume_dir", str(tmp_path / "sweep"), "--epoch", "1", "--student_epoch", "1", "--embed_size", "8",
+            "--resume_dir", str(tmp_path / "sweep"), "--epoch", "1", "--embed_size", "8",
             "--batch_size", "64"]
     assert robustness.main(argv) == 0
     runs = sorted(p for p in os.listdir(tmp_path / "sweep") if p.endswith(".json") and p.startswith("s"))

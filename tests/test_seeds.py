@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from scripts import seeds
-from utility.stats import two_way_bootstrap
+from utility.stats import two_way_comparison
 
-TINY_FLAGS = ["--epoch", "1", "--student_epoch", "1", "--embed_size", "8", "--batch_size", "64"]
+TINY_FLAGS = ["--epoch", "1", "--embed_size", "8", "--batch_size", "64"]
 
 
 def data_flags(tmp_path, data):
@@ -99,7 +99,7 @@ def test_two_seeds_compared_with_a_shared_teacher(tmp_path, tiny_json, capsys):
         per_user = {label: np.stack([np.load(os.path.join(run["run_dir"], "student_test_per_user.npz"))[r["metric"]]
                                      for run in configs[label]["runs"]]) for label in ("A", "B")}
         assert per_user["A"].shape == (2, 30) and r["n_seeds"] == 2 and r["n_users"] == 30
-        expected = two_way_bootstrap(per_user["A"], per_user["B"])
+        expected = two_way_comparison(per_user["A"], per_user["B"])
         assert r["rel_diff"] == pytest.approx(expected["rel_diff"]) and r["verdict"] == expected["verdict"]
         assert r["interval"] == pytest.approx(list(expected["interval"]))
         summary = {label: configs[label]["summary"][f"student_test_{r['metric']}"] for label in ("A", "B")}

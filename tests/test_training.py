@@ -51,8 +51,8 @@ def test_a_kill_between_the_two_end_of_epoch_writes_still_resumes_exactly(tmp_pa
     """The end of an improving epoch writes <stage>.pt and checkpoint.pt; a kill after the first of
     the two must not pair a checkpoint with best weights of another epoch."""
     import utility.training as training
-    flags = ["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json), "--epoch", "3",
-             "--student_epoch", "4", "--batch_size", "64", "--embed_size", "8", "--no_plot",
+    flags = ["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json), "--epoch", "4",
+             "--batch_size", "64", "--embed_size", "8", "--no_plot",
              "--student_init", "random", "--student_lr", "0.01"]
     assert pipeline.run_command(flags + ["--runs_dir", str(tmp_path / "straight")]) == 0
     (straight,) = (tmp_path / "straight" / os.path.basename(tiny_json)).iterdir()
@@ -78,7 +78,7 @@ def test_a_kill_between_the_two_end_of_epoch_writes_still_resumes_exactly(tmp_pa
 def test_student_patience_and_batch_size_are_the_second_stage_own(tmp_path, tiny_json):
     runs = tmp_path / "runs"
     code = pipeline.run_command(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
-                      "--runs_dir", str(runs), "--epoch", "2", "--student_epoch", "60", "--batch_size", "4096",
+                      "--runs_dir", str(runs), "--epoch", "60", "--batch_size", "4096",
                       "--student_batch_size", "64", "--embed_size", "8", "--student_init", "random",
                       "--early_stopping_patience", "50", "--student_patience", "2", "--no_plot",
                       "--eval_users", "20"])

@@ -12,7 +12,7 @@ from utility.parser import parse_args  # noqa: E402
 
 
 def test_search_space_names_main_flags_and_the_untuned_start_is_clipped_into_it():
-    trial = optuna.trial.FixedTrial({"lr": 1e-3, "reg": 1e-4, "dropout": 0.1, "cf_layers": 2, "mm_layers": 1,
+    trial = optuna.trial.FixedTrial({"lr": 1e-3, "reg": 1e-4, "cf_layers": 2, "mm_layers": 1,
                                      "mm_fusion_weight": 0.5, "feat_prompt_weight": 0.1, "emb_prompt_weight": 0.1,
                                      "mm_loss_weight": 0.1, "prompt_loss_weight": 0.1})
     values = tune.suggest(trial, tune.TEACHER_SPACE)
@@ -28,7 +28,7 @@ def test_search_space_names_main_flags_and_the_untuned_start_is_clipped_into_it(
 def test_tune_writes_best_flags_never_tests_and_resumes(tmp_path, tiny_json, capsys):
     out = tmp_path / "best.json"
     flags = ["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
-             "--runs_dir", str(tmp_path / "runs"), "--epoch", "3", "--student_epoch", "2", "--batch_size", "64",
+             "--runs_dir", str(tmp_path / "runs"), "--epoch", "2", "--batch_size", "64",
              "--embed_size", "8", "--threads", "1"]
     assert tune.main(["--timeout", "600", "--trials", "2", "--out", str(out)] + flags) == 0
     best = json.loads(out.read_text())
@@ -57,7 +57,7 @@ def test_parallel_trials_run_the_untuned_start_once(tmp_path, tiny_json, capsys)
     """With --n_jobs 2 the queued untuned trial is claimed by one worker only: every trial has its
     own run folder, and the study's trials are all complete (a trial run twice fails when reported)."""
     flags = ["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
-             "--runs_dir", str(tmp_path / "runs"), "--epoch", "2", "--student_epoch", "1", "--batch_size", "64",
+             "--runs_dir", str(tmp_path / "runs"), "--epoch", "1", "--batch_size", "64",
              "--embed_size", "8", "--threads", "1"]
     out = tmp_path / "best.json"
     assert tune.main(["--timeout", "600", "--trials", "3", "--n_jobs", "2", "--out", str(out)] + flags) == 0

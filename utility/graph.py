@@ -142,8 +142,6 @@ def cached_knn_graphs(modality_feats, k, cache_dir=None):
 
 
 def knn_tensors(graphs):
-    """The teacher's kNN buffers: ``knn_<modality>`` for each graph of :func:`cached_knn_graphs` and
-    ``knn_mean``, their average (the graph the item ID embeddings are smoothed over), as torch CSR."""
-    out = {f"knn_{m}": to_torch_csr(g) for m, g in graphs.items()}
-    out["knn_mean"] = to_torch_csr((sum(graphs.values()) / len(graphs)).tocsr().astype(np.float32))
-    return out
+    """The teacher's kNN buffer ``knn_mean``: the average of the modalities' graphs of
+    :func:`cached_knn_graphs` (the graph the item ID embeddings are smoothed over), as torch CSR."""
+    return {"knn_mean": to_torch_csr((sum(graphs.values()) / len(graphs)).tocsr().astype(np.float32))}

@@ -68,20 +68,6 @@ def sce_loss(a, b, gamma=2.0):
     return (1.0 - F.cosine_similarity(a, b, dim=1)).pow(gamma).mean()
 
 
-def relaxed_ranking_loss(interesting, uninteresting):
-    """Ranking KD from the teacher's top items (a relaxed Plackett-Luce likelihood).
-
-    ``interesting``: (B, m) student scores of the teacher's top-m unseen items of each row's user,
-    in the teacher's order; ``uninteresting``: (B, n) student scores of sampled other items. The
-    student should rank the interesting items in the teacher's order and above every uninteresting
-    one; the order among the uninteresting items is free:
-        L = -mean_b (1/m) sum_k [ s_k - log( sum_{l >= k} e^{s_l} + sum_j e^{u_j} ) ].
-    """
-    rest = torch.logcumsumexp(interesting.flip(1), dim=1).flip(1)     # log sum_{l >= k} e^{s_l}
-    denominator = torch.logaddexp(rest, torch.logsumexp(uninteresting, dim=1, keepdim=True))
-    return -(interesting - denominator).mean(1).mean()
-
-
 def embedding_distance_loss(student, teacher):
     """Representation KD: mean over rows of the squared distance ||student - teacher||^2.
 

@@ -10,8 +10,9 @@ e^T is formed only for those rows. The list-wise logits are scored block by bloc
 import torch
 
 from utility.sparse_ops import gather_dot, gather_rows
-from utility.losses import (bpr_loss, disentangled_list_kd_loss, embedding_distance_loss, l2_penalty,
-                            listwise_kl_loss, pair_kd_loss, relaxed_ranking_loss, sce_loss)
+from utility.errors import UserError
+from utility.losses import (bpr_loss, disentangled_list_kd_loss, embedding_distance_loss, l2_penalty, pair_kd_loss,
+                            sce_loss)
 
 
 def _scores(user_rows, item_rows):
@@ -54,75 +55,84 @@ def teacher_terms(teacher, out, users, pos, neg, cfg):
     return terms
 
 
-def student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector=None, teacher_top=None):
-    """BPR + reg, the paper's pair-wise, disentangled list-wise and SCE embedding KD, and the added
-    representation, ranking and score KD; each KD term is present only when its weight is.
+class Distillation:
+    """Stage 2's objective, built once from the :class:`~utility.config.KDConfig`: which KD terms run,
+    their weights, and what they read.
 
-    ``cfg``: the :class:`~utility.config.StudentConfig` (its reg); ``kd``: the
-    :class:`~utility.config.KDConfig` (weights, temperature, SCE gamma, list-KD variant).
-
-    ``extra``: (batch, K) negatives; the list of each row is [pos, extra_1..K] (None when no term
-    scores lists). ``teacher_top``: the (B, m) teacher's top unseen items of each row's user
-    (ranking and score KD). ``projector`` maps student embeddings to the teacher's width for the
-    embedding and representation KD when the two differ. Without any KD weight, ``t_out`` is not
-    used (it may be None).
+    The student's loss is BPR + reg plus every KD term whose weight is not 0: the paper's pair-wise,
+    disentangled list-wise and SCE embedding KD, and the representation KD (``de_kd``). The list-wise
+    and embedding terms read the teacher's modality knowledge f^m, so a teacher without modalities has
+    neither. ``extra_negatives`` is K when a term scores each row's list [pos, K negatives], else 0.
+    The teacher runs in evaluation mode with its prompts trainable (their gradients come from the KD
+    terms); a teacher with nothing trainable is run once and its output reused.
     """
-    pairs = torch.stack([pos, neg], dim=1)                    # (B, 2)
-    lists = pos[:, None] if extra is None else torch.cat([pos[:, None], extra], dim=1)   # (B, 1 + K)
-    top = lists[:, :0] if teacher_top is None else teacher_top
-    s_user, s_items, (pair_index, list_index, top_index) = student.lookup(users, pairs, lists, top)
-    s_pair = gather_rows(s_items, pair_index)
-    s_scores = _scores(s_user, s_pair)
-    terms = {"bpr": bpr_loss(s_scores[:, 0], s_scores[:, 1])}
-    ego_user, ego_pair = student.ego_embeddings(users, pairs)
-    terms["reg"] = cfg.reg * l2_penalty([ego_user, ego_pair], users.numel())
-    if not kd.active:
+
+    def __init__(self, kd, student, teacher, reg, projector=None):
+        self.kd, self.student, self.teacher, self.reg, self.projector = kd, student, teacher, reg, projector
+        self.weights = self.active_weights(kd, bool(teacher.modalities))
+        self.extra_negatives = kd.neg_sample_num if "list_kd" in self.weights else 0
+        self.teacher_trainable = any(p.requires_grad for p in teacher.parameters())
+        self._constant_output = None
+
+    @staticmethod
+    def active_weights(kd, has_modalities):
+        """{term: weight} of the KD terms that run; a one-line UserError for a configuration that cannot."""
+        weights = dict(pair_kd=kd.pair_weight, list_kd=kd.list_weight if has_modalities else 0.0,
+                       emb_kd=kd.emb_weight if has_modalities else 0.0, de_kd=kd.de_weight)
+        weights = {name: w for name, w in weights.items() if w}
+        if "list_kd" in weights and kd.neg_sample_num < 1:
+            raise UserError("--neg_sample_num 0: the list-wise KD needs at least one extra negative "
+                            "(or set --kd_list_weight 0)")
+        return weights
+
+    def teacher_output(self):
+        """The teacher's forward pass for this step (None when no KD term runs)."""
+        if not self.weights:
+            return None
+        if self.teacher_trainable:
+            return self.teacher()
+        if self._constant_output is None:
+            with torch.no_grad():
+                self._constant_output = self.teacher()
+        return self._constant_output
+
+    def __call__(self, users, pos, neg, extra):
+        return self.terms(self.teacher_output(), users, pos, neg, extra)
+
+    def terms(self, t_out, users, pos, neg, extra):
+        """{term: weighted scalar} for a batch; ``extra``: (B, K) list negatives, or None."""
+        student, weights, tau = self.student, self.weights, self.kd.temperature
+        pairs = torch.stack([pos, neg], dim=1)                    # (B, 2)
+        lists = pos[:, None] if extra is None else torch.cat([pos[:, None], extra], dim=1)   # (B, 1 + K)
+        s_user, s_items, (pair_index, list_index) = student.lookup(users, pairs, lists)
+        s_pair = gather_rows(s_items, pair_index)
+        s_scores = _scores(s_user, s_pair)
+        terms = {"bpr": bpr_loss(s_scores[:, 0], s_scores[:, 1])}
+        ego_user, ego_pair = student.ego_embeddings(users, pairs)
+        terms["reg"] = self.reg * l2_penalty([ego_user, ego_pair], users.numel())
+        if not weights:
+            return terms
+        mm_user, mm_pair = _modality_rows(t_out, users, pairs)
+        if "pair_kd" in weights or "de_kd" in weights:
+            t_user, t_pair = _fused_rows(t_out, users, pairs, mm_user, mm_pair)
+        if "de_kd" in weights or "emb_kd" in weights:   # the student's rows at the teacher's width
+            e_user, e_pair = (s_user, s_pair) if self.projector is None else (self.projector(s_user),
+                                                                                self.projector(s_pair))
+        if "de_kd" in weights:   # the student's embeddings regress e^T
+            terms["de_kd"] = weights["de_kd"] * (embedding_distance_loss(e_user, t_user)
+                                                 + embedding_distance_loss(e_pair, t_pair)) / 2
+        if "pair_kd" in weights:
+            t_scores = _scores(t_user, t_pair)
+            terms["pair_kd"] = weights["pair_kd"] * pair_kd_loss(
+                t_scores[:, 0], t_scores[:, 1], s_scores[:, 0], s_scores[:, 1], tau)
+        if "list_kd" in weights:
+            s_list = gather_dot(s_user, s_items, list_index)
+            total = sum(disentangled_list_kd_loss(gather_dot(mm_user[m], t_out.mm_item[m], lists), s_list, tau)
+                        for m in mm_user)
+            terms["list_kd"] = weights["list_kd"] * total / len(mm_user)
+        if "emb_kd" in weights:
+            e_item = e_pair.reshape(-1, e_pair.shape[-1])
+            total = sum(sce_loss(mm_pair[m].reshape(-1, e_item.shape[-1]), e_item, self.kd.sce_gamma)
+                        + sce_loss(mm_user[m], e_user, self.kd.sce_gamma) for m in mm_user)
+            terms["emb_kd"] = weights["emb_kd"] * total / len(mm_user)
         return terms
-    if kd.rank_weight and teacher_top is not None:
-        terms["rank_kd"] = kd.rank_weight * relaxed_ranking_loss(gather_dot(s_user, s_items, top_index),
-                                                                 gather_dot(s_user, s_items, list_index[:, 1:]))
-    tau = kd.temperature
-    modalities = list(t_out.mm_user)
-    mm_user, mm_pair = _modality_rows(t_out, users, pairs)
-
-    # the fused teacher rows and the projected student rows, formed once for the terms that use them
-    if kd.pair_weight or kd.de_weight or kd.score_weight:
-        t_user, t_pair = _fused_rows(t_out, users, pairs, mm_user, mm_pair)
-    if kd.de_weight or (kd.emb_weight and modalities):
-        e_user, e_pair = (s_user, s_pair) if projector is None else (projector(s_user), projector(s_pair))
-
-    if kd.score_weight and teacher_top is not None:
-        candidates = torch.cat([lists, teacher_top], dim=1)                     # (B, 1 + K + m)
-        s_list = gather_dot(s_user, s_items, torch.cat([list_index, top_index], dim=1))
-        t_items = t_out.fuse(gather_rows(t_out.cf_item, candidates),
-                             {m: gather_rows(f, candidates) for m, f in t_out.mm_item.items()})
-        terms["score_kd"] = kd.score_weight * listwise_kl_loss(_scores(t_user, t_items), s_list, tau)
-
-    if kd.de_weight:   # the student's embeddings, mapped to the teacher's width, regress e^T
-        terms["de_kd"] = kd.de_weight * (embedding_distance_loss(e_user, t_user)
-                                         + embedding_distance_loss(e_pair, t_pair)) / 2
-
-    if kd.pair_weight:
-        t_scores = _scores(t_user, t_pair)
-        terms["pair_kd"] = kd.pair_weight * pair_kd_loss(
-            t_scores[:, 0], t_scores[:, 1], s_scores[:, 0], s_scores[:, 1], tau)
-
-    if kd.list_weight and modalities:
-        s_list = gather_dot(s_user, s_items, list_index)
-        total = 0.0
-        for m in modalities:
-            t_list = gather_dot(mm_user[m], t_out.mm_item[m], lists)
-            if kd.disentangle:
-                total = total + disentangled_list_kd_loss(t_list, s_list, tau, reweight=kd.list_reweight)
-            else:
-                total = total + listwise_kl_loss(t_list, s_list, tau)
-        terms["list_kd"] = kd.list_weight * total / len(modalities)
-
-    if kd.emb_weight and modalities:
-        e_item = e_pair.reshape(-1, e_pair.shape[-1])
-        total = 0.0
-        for m in modalities:
-            total = total + sce_loss(mm_pair[m].reshape(-1, e_item.shape[-1]), e_item, kd.sce_gamma)
-            total = total + sce_loss(mm_user[m], e_user, kd.sce_gamma)
-        terms["emb_kd"] = kd.emb_weight * total / len(modalities)
-    return terms

@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 
 import numpy as np
@@ -22,11 +22,11 @@ import torch
 from Models import Teacher, TeacherOutput, build_student, count_parameters
 from utility.config import KDConfig, StudentConfig, TeacherConfig, TrainConfig, from_dict
 from utility.errors import UserError
-from utility.evaluate import RankingEvaluator, dot_scores, top_unseen_items
+from utility.evaluate import RankingEvaluator, dot_scores
 from utility.features import default_cache_dir, item_hard_tokens
 from utility.graph import build_graphs, cached_knn_graphs, knn_tensors
 from utility.load_data import JSON_FILES, PICKLE_FILES, load_dataset
-from utility.objectives import student_terms, teacher_terms
+from utility.objectives import Distillation, teacher_terms
 from utility.parser import build_parser, parse_args, resolve_defaults, validate_args
 from utility.plots import plot_curves
 from utility.run_io import Logger, new_run_dir, write_json
@@ -85,9 +85,11 @@ def prepare(args, log, dist, resume):
     check_splits(ds)
     teacher_ckpt = load_teacher_checkpoint(args, ds) if args.teacher_ckpt else None
     teacher_cfg = TeacherConfig.from_args(args)
-    if teacher_ckpt is not None:
-        teacher_cfg = from_dict(TeacherConfig, teacher_ckpt["config"]["teacher"])
+    if teacher_ckpt is not None:   # the checkpoint defines the teacher; a flag given against it is an error
+        teacher_cfg = checkpoint_teacher_config(args, teacher_cfg, teacher_ckpt)
     check_student_flags(args, teacher_cfg)
+    if args.stage != "teacher":   # the distillation terms can run (checked before anything is trained)
+        Distillation.active_weights(KDConfig.from_args(args), teacher_cfg.use_modalities)
     setup = model_inputs(args, ds, teacher_cfg, teacher_ckpt, device, clock, log)
     with clock("evaluators and sampler"):
         val_eval, test_eval = evaluators(args, ds, device, dist)
@@ -98,7 +100,7 @@ def prepare(args, log, dist, resume):
     results = (resume or {}).get("results") or new_results(args, ds, device, run_dir, clock, val_eval, test_eval)
     ctx = Run(config=config, data=data_signature(ds), device=device, sampler=sampler, val_eval=val_eval,
               test_eval=test_eval, log=log, run_dir=run_dir, results=results, dist=dist, resume=resume,
-              check_replicas=args.check_replicas)
+              check_replicas=os.environ.get("PROMPTMM_CHECK_REPLICAS") == "1")
     announce(ctx, args, resume)
     return setup, ctx
 
@@ -132,10 +134,10 @@ def evaluators(args, ds, device, dist):
     """The validation and test evaluators (sharded under torchrun, on a user sample with --eval_users)."""
     shard, reduce = (None, None) if dist is None else ((dist.rank, dist.world_size), dist.sum)
     sample = None if args.eval_users is None else (args.eval_users, args.seed)
-    val_eval = RankingEvaluator(ds.val, [ds.train], args.topk, device, args.eval_batch_size, shard, reduce, sample)
+    val_eval = RankingEvaluator(ds.val, [ds.train], args.topk, device, shard=shard, reduce=reduce, sample=sample)
     test_exclude = [ds.train, ds.val] if args.exclude_val else [ds.train]
-    test_eval = None if args.no_test else RankingEvaluator(ds.test, test_exclude, args.topk, device,
-                                                           args.eval_batch_size, shard, reduce, sample)
+    test_eval = None if args.no_test else RankingEvaluator(ds.test, test_exclude, args.topk, device, shard=shard,
+                                                           reduce=reduce, sample=sample)
     return val_eval, test_eval
 
 
@@ -148,11 +150,11 @@ def fit_teacher(setup, ctx):
         best = torch.load(os.path.join(ctx.run_dir, "teacher.pt"), map_location=ctx.device, weights_only=False)
         teacher.load_state_dict(best["models"]["teacher"])
         return teacher
-    optimizer = torch.optim.AdamW(teacher.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    train_cfg = TrainConfig.from_args(args, "teacher")
+    optimizer = torch.optim.AdamW(teacher.parameters(), lr=train_cfg.lr, weight_decay=0.0)
     stage = Stage("teacher", "teacher", {"teacher": teacher}, [teacher], optimizer,
                   loss=partial(teacher_loss, teacher, setup.teacher_cfg),
-                  embeddings=partial(eval_embeddings, teacher), cfg=TrainConfig.from_args(args, "teacher"),
-                  params=count_parameters(teacher))
+                  embeddings=partial(eval_embeddings, teacher), cfg=train_cfg, params=count_parameters(teacher))
     finish_stage(stage, ctx, train_stage(stage, ctx))
     return teacher
 
@@ -177,9 +179,16 @@ def load_teacher(setup, ctx):
 
 
 def distil(setup, ctx, teacher):
-    """Stage 2: the student learns from the frozen teacher, whose prompts keep training."""
+    """Stage 2: the student learns from the frozen teacher, whose prompts keep training. The teacher as
+    distillation left it (its prompts at the student's best epoch) is evaluated too: reported beside
+    the stage-1 teacher, which is the one the student is compared with."""
     stage = student_stage(setup, ctx, teacher)
     finish_stage(stage, ctx, train_stage(stage, ctx))
+    scores = dot_scores(*eval_embeddings(teacher))
+    val, test = ctx.val_eval(scores), test_once("teacher_after_distillation", ctx, scores)
+    ctx.results["teacher_after_distillation"] = dict(val=val, test=test)
+    ctx.log("teacher after distillation (its prompts tuned in stage 2): val " + format_metrics(val)
+            + ("" if test is None else f" | test {format_metrics(test)}"))
     student = stage.modules["student"]
     student.eval()
     ctx.results["efficiency"].update(
@@ -217,52 +226,37 @@ def report(setup, ctx):
 # ---------------------------------------------------------------- the two stages' parts
 
 def new_teacher(setup, ctx):
-    seed_everything(setup.args.seed)
-    teacher = Teacher(setup.graphs, setup.feats, setup.tokens, setup.teacher_cfg).to(ctx.device)
-    if ctx.dist is not None:
-        torch.manual_seed(setup.args.seed + ctx.dist.rank)   # same initial weights everywhere, per-rank dropout
-    return teacher
+    seed_everything(setup.args.seed)   # the same initial weights on every rank
+    return Teacher(setup.graphs, setup.feats, setup.tokens, setup.teacher_cfg).to(ctx.device)
 
 
 def teacher_loss(teacher, cfg, users, pos, neg, extra):
     return teacher_terms(teacher, teacher(), users, pos, neg, cfg)
 
 
-def student_loss(student, teacher, cfg, kd, projector, teacher_top, users, pos, neg, extra):
-    # the frozen teacher's forward pass starts from its propagated constants (Teacher.freeze_for_distillation)
-    t_out = teacher() if kd.active else None
-    top = None if teacher_top is None else teacher_top[users]
-    return student_terms(student, t_out, users, pos, neg, extra, cfg, kd, projector, top)
-
-
 def student_stage(setup, ctx, teacher):
-    """The student, its optimiser (with the teacher's prompts) and its objective."""
-    args, cfg, kd = setup.args, StudentConfig.from_args(setup.args), KDConfig.from_args(setup.args)
+    """The student, its optimiser (with the teacher's prompts) and its objective (:class:`Distillation`)."""
+    cfg = StudentConfig.from_args(setup.args, setup.teacher_cfg)
+    kd, train_cfg = KDConfig.from_args(setup.args), TrainConfig.from_args(setup.args, "student")
     teacher_user, teacher_item = eval_embeddings(teacher)
-    teacher_top = None   # the teacher's top unseen items of every user, ranked once, before stage 2
-    if kd.rank_weight or kd.score_weight:
-        teacher_top = top_unseen_items(teacher_user, teacher_item, setup.ds.train, kd.rank_k)
-    teacher.freeze_for_distillation()
-    prompt_params = [p for p in teacher.parameters() if p.requires_grad]
-    seed_everything(args.seed + 1)   # the same student initialisation on every rank
-    student = build_student(cfg, setup.ds.n_users, setup.ds.n_items, setup.graphs).to(ctx.device)
+    prompt_params = teacher.freeze_for_distillation()
+    seed_everything(setup.args.seed + 1)   # the same student initialisation on every rank
+    student = build_student(cfg, setup.graphs).to(ctx.device)
     if cfg.init == "teacher":
         student.init_embeddings(teacher_user, teacher_item)
-    modules = {"student": student, "teacher": teacher}
-    groups = [dict(params=list(student.parameters()), lr=args.student_lr)]
+    modules, trained = {"student": student, "teacher": teacher}, [student]
     projector = None
     if cfg.embed_size != setup.teacher_cfg.embed_size:
-        # maps student embeddings to the teacher's width for the embedding KD only
+        # maps student embeddings to the teacher's width for the embedding and representation KD only
         projector = modules["projector"] = torch.nn.Linear(cfg.embed_size, setup.teacher_cfg.embed_size,
                                                            bias=False).to(ctx.device)
-        groups[0]["params"] += list(projector.parameters())
-    if prompt_params:
-        groups.append(dict(params=prompt_params, lr=args.prompt_lr))
-    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    return Stage("student", cfg.model_type, modules, [student] + ([projector] if projector else []), optimizer,
-                 loss=partial(student_loss, student, teacher, cfg, kd, projector, teacher_top),
-                 embeddings=partial(eval_embeddings, student), cfg=TrainConfig.from_args(args, "student"),
-                 extra_negatives=kd.neg_sample_num if kd.needs_lists else 0, params=count_parameters(student))
+        trained.append(projector)
+    params = [p for m in trained for p in m.parameters()] + prompt_params
+    optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=0.0)
+    objective = Distillation(kd, student, teacher, cfg.reg, projector)
+    return Stage("student", "lightgcn", modules, trained, optimizer, loss=objective,
+                 embeddings=partial(eval_embeddings, student), cfg=train_cfg,
+                 extra_negatives=objective.extra_negatives, params=count_parameters(student))
 
 
 def popularity_scores(popularity, users):
@@ -379,7 +373,8 @@ def check_splits(ds):
 def check_student_flags(args, teacher_cfg):
     if args.stage == "student" and not args.teacher_ckpt:
         raise UserError("--stage student needs --teacher_ckpt PATH (a teacher.pt from an earlier run)")
-    if args.stage != "teacher" and args.student_init == "teacher" and args.student_embed_size > teacher_cfg.embed_size:
+    if (args.stage != "teacher" and args.student_init == "teacher" and args.student_embed_size
+            and args.student_embed_size > teacher_cfg.embed_size):
         raise UserError(f"--student_embed_size {args.student_embed_size}: larger than the teacher's "
                         f"{teacher_cfg.embed_size}; cannot initialise from the teacher (use --student_init random)")
     if args.results_json:
@@ -405,8 +400,8 @@ def hard_tokens(args, ds, dim, log):
 
 
 def knn_graphs(args, ds, k, device):
-    """{"knn_<modality>": its normalised item-item kNN graph, "knn_mean": their mean}, the neighbour
-    lists cached (:func:`cache_dir`)."""
+    """{"knn_mean": the mean of the modalities' normalised item-item kNN graphs}, each modality's
+    neighbour lists cached (:func:`cache_dir`)."""
     graphs = knn_tensors(cached_knn_graphs(ds.modality_feats, k, cache_dir(args, ds)))
     return {name: g.to(device) for name, g in graphs.items()}
 
@@ -429,10 +424,30 @@ def load_teacher_checkpoint(args, ds):
     if ckpt.get("data") != data_signature(ds):
         raise UserError(f"--teacher_ckpt {path}: trained on other data ({ckpt.get('data')}); "
                         f"this run's {ds.name} has {data_signature(ds)}")
-    if bool(ckpt["config"]["no_prompt"]) != bool(args.no_prompt):
-        raise UserError(f"--teacher_ckpt {path}: teacher was trained with no_prompt={ckpt['config']['no_prompt']} "
-                        f"but this run has --no_prompt={args.no_prompt}")
     return ckpt
+
+
+# the teacher's stage-1 loss weights: they shape training, not the trained teacher (--reg also sets the student's)
+STAGE_1_LOSS_WEIGHTS = ("mm_loss_weight", "prompt_loss_weight", "reg")
+
+
+def checkpoint_teacher_config(args, flags_cfg, ckpt):
+    """The checkpoint's TeacherConfig. An architecture flag given on the command line (or in --config)
+    with another value than the checkpoint's is a one-line error: the loaded teacher is what it was
+    trained as."""
+    ckpt_cfg = from_dict(TeacherConfig, ckpt["config"]["teacher"])
+    flag_of = {f.name: f.metadata["flag"] for f in fields(TeacherConfig)
+               if "flag" in f.metadata and f.name not in STAGE_1_LOSS_WEIGHTS}
+    flag_of.update(use_prompt="no_prompt", use_modalities="no_modalities")
+    for name, flag in flag_of.items():
+        mine, theirs = getattr(flags_cfg, name), getattr(ckpt_cfg, name)
+        if flag in args.given and mine != theirs:
+            shown = (f"--{flag}" if name.startswith("use_") else
+                     f"--{flag} {mine}" if not isinstance(mine, bool) else f"--{'' if mine else 'no-'}{flag}")
+            held = f"{name.replace('use_', 'has ')} = {theirs}" if name.startswith("use_") else f"{flag} = {theirs}"
+            raise UserError(f"--teacher_ckpt {args.teacher_ckpt}: {shown} contradicts the checkpoint ({held}); "
+                            "leave the flag out: the checkpoint defines the teacher")
+    return ckpt_cfg
 
 
 def load_resume(run_dir):
@@ -502,14 +517,16 @@ def summary_table(results, ks):
     cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (20, 50) if k in ks]
     rows = [("MostPopular", results["most_popular"]["test"], "-", "-"),
             ("teacher", results["teacher"]["test"], results["teacher"]["params"], eff["teacher_infer_ms"])]
+    if "teacher_after_distillation" in results:
+        rows.append(("teacher after stage 2", results["teacher_after_distillation"]["test"], "", ""))
     if "student" in results:
         rows.append((f"student ({results['student']['kind']})", results["student"]["test"],
                      results["student"]["params"], eff["student_infer_ms"]))
-    header = f"{'test':<20}" + "".join(f"{c:>11}" for c in cols) + f"{'params':>11}{'infer ms':>10}"
+    header = f"{'test':<22}" + "".join(f"{c:>11}" for c in cols) + f"{'params':>11}{'infer ms':>10}"
     lines = [header, "-" * len(header)]
     for name, test, params, ms in rows:
         ms = f"{ms:.1f}" if isinstance(ms, float) else ms
-        lines.append(f"{name:<20}" + "".join(f"{test[c]:>11.4f}" for c in cols) + f"{params:>11}{ms:>10}")
+        lines.append(f"{name:<22}" + "".join(f"{test[c]:>11.4f}" for c in cols) + f"{params:>11}{ms:>10}")
     return "\n".join(lines)
 
 

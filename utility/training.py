@@ -61,7 +61,7 @@ class NonFiniteLoss(Exception):
     def __init__(self, stage, epoch, terms):
         self.stage, self.epoch, self.terms = stage, epoch, terms
         super().__init__(f"non-finite loss term(s) {', '.join(terms)} in the {stage} stage at epoch {epoch}; "
-                         f"the last good checkpoint is kept (lower the learning rate, or --nan_policy skip)")
+                         f"the last good checkpoint is kept (lower the learning rate)")
 
 
 class Interrupted(Exception):
@@ -108,7 +108,6 @@ class StageState:
     sampler_state: dict = None        # sampler RNG state at the start of ``epoch``
     sums: dict = field(default_factory=dict)
     partial_seconds: float = 0.0
-    skipped: int = 0                  # batches skipped under --nan_policy skip (this epoch)
     history: list = field(default_factory=list)
     stopper: dict = None              # EarlyStopping.state_dict()
     train_seconds: list = field(default_factory=list)
@@ -258,9 +257,7 @@ def run_epoch(stage, run, state):
     for index, batch in tqdm(batches, total=n_batches - state.batch, desc=f"{stage.name} epoch {state.epoch}",
                              leave=False, dynamic_ncols=True, disable=quiet):
         terms, share = train_step(stage, run, batch)
-        if terms is None:
-            state.skipped += 1
-        for name, value in (terms or {}).items():
+        for name, value in terms.items():
             value = value.detach()
             bad_terms[name] = bad_terms.get(name, False) | ~torch.isfinite(value)
             sums[name] = sums.get(name, 0.0) + value * share
@@ -278,8 +275,7 @@ def run_epoch(stage, run, state):
 def train_step(stage, run, batch):
     """One optimiser step on this process's rows of a global batch.
 
-    Returns (loss terms, this process's share of the batch's rows), or (None, 0) for a batch
-    skipped under ``--nan_policy skip``.
+    Returns (loss terms, this process's share of the batch's rows).
     """
     global_rows = batch[0].numel()
     if run.dist is not None:
@@ -289,12 +285,6 @@ def train_step(stage, run, batch):
     stage.optimizer.zero_grad(set_to_none=True)
     terms = stage.loss(*batch) if local_rows else {}
     loss = sum(terms.values()) if terms else torch.zeros((), device=run.device)
-    if stage.cfg.nan_policy == "skip":
-        non_finite = not bool(torch.isfinite(loss))
-        if run.dist is not None:
-            non_finite = run.dist.any(non_finite)
-        if non_finite:
-            return None, 0.0
     if terms:
         loss.backward()
     params = None if run.dist is None else [p for group in stage.optimizer.param_groups for p in group["params"]]
@@ -323,13 +313,10 @@ def end_epoch(stage, run, state, sums, n_batches, seconds):
     stopper = EarlyStopping(cfg.patience)
     if state.stopper is not None:
         stopper.load_state_dict(state.stopper)
-    losses = epoch_losses(sums, n_batches - state.skipped, run.dist)
+    losses = epoch_losses(sums, n_batches, run.dist)
     state.train_seconds.append(seconds)
     record = dict(epoch=epoch, loss=sum(losses.values()), terms=losses, seconds=seconds)
     line = f"{stage.name:<7} epoch {epoch:4d} | loss {record['loss']:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-    if state.skipped:
-        record["skipped_batches"] = state.skipped
-        line += f" | skipped {state.skipped} non-finite batches"
     improved = False
     if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
         start = time.perf_counter()
@@ -347,7 +334,7 @@ def end_epoch(stage, run, state, sums, n_batches, seconds):
         line += f" | {seconds:.1f}s"
     run.log(line)
     state.history.append(record)
-    state.epoch, state.batch, state.sums, state.partial_seconds, state.skipped = epoch + 1, 0, {}, 0.0, 0
+    state.epoch, state.batch, state.sums, state.partial_seconds = epoch + 1, 0, {}, 0.0
     state.stopper = stopper.state_dict()
     if stopper.should_stop:
         run.log(f"{stage.name}: early stopping at epoch {epoch}; best validation {cfg.valid_metric} "
