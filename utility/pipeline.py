@@ -349,16 +349,13 @@ def seed_everything(seed):
 
 
 def dataset_folder(args):
-    """The dataset's folder, building the default movielens data the first time it is asked for."""
-    path = os.path.join(args.data_path, args.dataset)
-    from data.prepare import SPLITS
-    if args.dataset in SPLITS.values():
-        from data.prepare import DatasetBuildError, ensure_dataset
-        try:
-            path = str(ensure_dataset(args.dataset, args.data_path))
-        except DatasetBuildError as e:
-            raise UserError(str(e)) from None
-    return path
+    """The dataset's folder, building the datasets this project builds (movielens and its splits,
+    the other domains of ``data/domains.py``) the first time they are asked for."""
+    from data.prepare import DatasetBuildError, ensure_dataset
+    try:
+        return str(ensure_dataset(args.dataset, args.data_path))
+    except DatasetBuildError as e:
+        raise UserError(str(e)) from None
 
 
 def check_splits(ds):
