@@ -7,7 +7,10 @@ of ``--sizes`` is then distilled three ways: random initialisation with KD, rand
 with ``--no_kd`` (the one-factor control of KD), and the default initialisation from the teacher
 with KD. Writes ``docs/pareto-<dataset>.png`` (test Recall@20 against the student's parameters
 and against its inference time for 1024 users, mean with sd error bars over seeds, the teacher as
-a point) and the numbers as markdown and JSON beside it (``--out`` sets the picture's path).
+a point) and the numbers as markdown and JSON beside it (``--out`` sets the picture's path). At each
+size the table sets KD against its control (random initialisation with and without KD) on per-user
+test Recall@20: the relative difference with its 95 % interval over seeds and test users
+(utility/stats.py two_way_comparison), every seed's difference and the verdict.
 """
 import argparse
 import json
@@ -21,13 +24,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from utility import pipeline  # noqa: E402
-from scripts.seeds import write_report  # noqa: E402
+from scripts.seeds import (COMPARISON_NOTE, comparison_cells, json_safe, load_per_user, seeds_by_users,  # noqa: E402
+                           write_report)
+from utility.stats import two_way_comparison  # noqa: E402
 
 VARIANTS = {
     "random init, KD": ["--student_init", "random"],
     "random init, no KD": ["--student_init", "random", "--no_kd"],
     "teacher init, KD": ["--student_init", "teacher"],
 }
+KD, CONTROL = "random init, KD", "random init, no KD"   # the one-factor comparison of KD at each size
 
 
 def run(flags, results_file):
@@ -39,9 +45,9 @@ def run(flags, results_file):
 
 
 def collect(base, seeds, sizes, workdir):
-    """{"teacher": [per-seed points], variant: {size: [per-seed points]}}; a point is
-    (test recall@20, params, inference ms)."""
-    points = {"teacher": []}
+    """({"teacher": [per-seed points], variant: {size: [per-seed points]}}, {variant: {size: [per-seed
+    run folders]}}); a point is (test recall@20, params, inference ms)."""
+    points, run_dirs = {"teacher": []}, {}
     for seed in seeds:
         seed_flags = base + ["--seed", str(seed)]
         print(f"== seed {seed}: teacher", flush=True)
@@ -56,7 +62,19 @@ def collect(base, seeds, sizes, workdir):
                         + extra, os.path.join(workdir, f"{label.replace(' ', '').replace(',', '-')}-{d}-{seed}.json"))
                 points.setdefault(label, {}).setdefault(d, []).append(
                     (r["student"]["test"]["recall@20"], r["student"]["params"], r["efficiency"]["student_infer_ms"]))
-    return points
+                run_dirs.setdefault(label, {}).setdefault(d, []).append(r["run_dir"])
+    return points, run_dirs
+
+
+def kd_effect(run_dirs, metric="recall@20"):
+    """{size: :func:`utility.stats.two_way_comparison` of KD (B) against its control (A)} over seeds and
+    the students' test users."""
+    out = {}
+    for d, control_dirs in sorted(run_dirs[CONTROL].items()):
+        control = [load_per_user(run_dir, "student") for run_dir in control_dirs]
+        kd = [load_per_user(run_dir, "student") for run_dir in run_dirs[KD][d]]
+        out[d] = two_way_comparison(*seeds_by_users(control, kd, metric))
+    return out
 
 
 def mean_sd(values):
@@ -64,7 +82,7 @@ def mean_sd(values):
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
-def table(points, dataset, seeds):
+def table(points, effects, dataset, seeds):
     lines = [f"Students on `{dataset}`: test Recall@20, mean ± sd over seeds {', '.join(map(str, seeds))} "
              f"(teacher retrained per seed, shared by that seed's students)", "",
              "| model | d | params | infer ms | test Recall@20 |", "|---|---:|---:|---:|---:|"]
@@ -76,6 +94,11 @@ def table(points, dataset, seeds):
             rows = np.asarray(rows)
             lines.append(f"| {label} | {d} | {int(rows[0, 1]):,} | {rows[:, 2].mean():.1f} | "
                          "{:.4f} ± {:.4f} |".format(*mean_sd(rows[:, 0])))
+    lines += ["", f"KD at each size: {KD} (B) against {CONTROL} (A), test Recall@20. {COMPARISON_NOTE}", "",
+              "| d | A | B | B − A (%) | 95 % interval (%) | per seed (%) | same sign | verdict |",
+              "|---:|---:|---:|---:|---|---|---:|---|"]
+    for d, c in effects.items():
+        lines.append(f"| {d} | {c['mean_a']:.4f} | {c['mean_b']:.4f} | " + " | ".join(comparison_cells(c)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,10 +147,12 @@ def main(argv=None):
     out = args.out or os.path.join(ROOT, "docs", f"pareto-{args.dataset}.png")
     workdir = os.path.join(args.runs_dir, args.dataset, f"pareto-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(workdir, exist_ok=True)
-    points = collect(base, args.seeds, args.sizes, workdir)
+    points, run_dirs = collect(base, args.seeds, args.sizes, workdir)
+    effects = kd_effect(run_dirs)
     plot(points, out, args.dataset)
     data = {k: (v if k == "teacher" else {str(d): r for d, r in v.items()}) for k, v in points.items()}
-    write_report(table(points, args.dataset, args.seeds), data, os.path.splitext(out)[0] + ".md")
+    data["KD against no KD"] = {str(d): c for d, c in effects.items()}
+    write_report(table(points, effects, args.dataset, args.seeds), json_safe(data), os.path.splitext(out)[0] + ".md")
     print(f"written {out}")
 
 

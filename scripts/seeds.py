@@ -18,11 +18,11 @@ For each configuration the table reports mean ± sd over seeds (sample sd; "–"
 teacher's and the student's test Recall@20 / NDCG@20 and validation Recall@20, the student's
 parameters and inference time, and every seed's values. With --compare, B is set against A on the
 per-user test Recall@20 and NDCG@20, for the student, and for the teacher when A and B do not share
-it: the relative difference of the means, 100 (B − A) / A, with a 95 % interval from a paired
-bootstrap that resamples seeds and test users independently (seeds, not (user, seed) pairs, are the
-replicates of training; utility/stats.py two_way_bootstrap), every seed's difference, how many seeds
-agree in sign with the overall one, and the verdict: B above A, B below A, or no measurable
-difference when the interval holds 0.
+it: the relative difference of the means, 100 (B − A) / A, with the 95 % t interval of the crossed
+seeds x test users design (seed effects, user effects and their noise; seeds − 1 degrees of
+freedom: seeds, not (user, seed) pairs, are the replicates of training; utility/stats.py
+two_way_comparison), every seed's difference, how many seeds agree in sign with the overall one, and
+the verdict: B above A, B below A, or no measurable difference when the interval holds 0.
 
 Writes the markdown table (default: runs_dir/<dataset>/seeds-<time>.md) and the same numbers as JSON
 beside it.
@@ -43,7 +43,7 @@ sys.path.insert(0, ROOT)
 from utility import pipeline  # noqa: E402
 from utility.errors import UserError  # noqa: E402
 from utility.parser import parse_args as parse_main_args  # noqa: E402
-from utility.stats import PAIRED_METRICS, summarise, two_way_bootstrap  # noqa: E402
+from utility.stats import PAIRED_METRICS, summarise, two_way_comparison  # noqa: E402
 
 METRICS = PAIRED_METRICS   # the per-user test metrics each run keeps
 # (key, column title, digits): the per-run numbers the summary reports
@@ -199,7 +199,7 @@ def summarise_runs(runs):
 
 
 def seeds_by_users(runs_a, runs_b, metric):
-    """(A, B) per-user values of shape (seeds, users) for :func:`utility.stats.two_way_bootstrap`, from
+    """(A, B) per-user values of shape (seeds, users) for :func:`utility.stats.two_way_comparison`, from
     one pair of load_per_user dicts per seed that share their users: the users every seed evaluated
     (all test users, unless --eval_users sampled them per seed), in one order."""
     common = runs_a[0]["users"]
@@ -216,7 +216,7 @@ def seeds_by_users(runs_a, runs_b, metric):
 def compare_configs(per_user, seeds, models, a="A", b="B"):
     """b against a per model and metric, seeds and test users both counted as replicates.
 
-    Returns rows dict(model, metric, **utility.stats.two_way_bootstrap(A, B))."""
+    Returns rows dict(model, metric, **utility.stats.two_way_comparison(A, B))."""
     rows = []
     for model in models:
         runs_a = [per_user[a][seed][model] for seed in seeds]
@@ -228,7 +228,7 @@ def compare_configs(per_user, seeds, models, a="A", b="B"):
             arm_a, arm_b = seeds_by_users(runs_a, runs_b, metric)
             if arm_a.shape[1] < 2:
                 raise RunFailed(f"the {model}: fewer than two test users are common to every seed")
-            rows.append(dict(model=model, metric=metric, **two_way_bootstrap(arm_a, arm_b)))
+            rows.append(dict(model=model, metric=metric, **two_way_comparison(arm_a, arm_b)))
     return rows
 
 
@@ -250,7 +250,7 @@ def fmt_rel(x):
 
 
 def comparison_cells(c):
-    """Markdown cells of a :func:`utility.stats.two_way_bootstrap` result: B − A (%), its 95 % interval,
+    """Markdown cells of a :func:`utility.stats.two_way_comparison` result: B − A (%), its 95 % interval,
     every seed's B − A (%), the seeds that agree in sign with the overall difference, and the verdict."""
     interval = DASH if c["interval"] is None else f"[{c['interval'][0]:+.2f}, {c['interval'][1]:+.2f}]"
     agree = DASH if c["sign_agreement"] is None else f"{c['sign_agreement']} of {c['n_seeds']}"
@@ -259,8 +259,8 @@ def comparison_cells(c):
 
 
 COMPARISON_NOTE = ("B − A: the relative difference of the means over seeds and test users, 100 (B − A) / A; "
-                   "its 95 % interval comes from a paired bootstrap that resamples seeds and test users "
-                   "independently (t-based, utility/stats.py two_way_bootstrap), so that seeds, not (user, seed) "
+                   "its 95 % interval is the t interval of the crossed seeds x test users design (seeds − 1 "
+                   "degrees of freedom; utility/stats.py two_way_comparison), so that seeds, not (user, seed) "
                    "pairs, are the replicates of training; per seed: each seed's own difference; same sign: the "
                    "seeds whose difference has the sign of the overall one. The verdict is no measurable "
                    "difference when the interval holds 0.")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from utility.stats import (_bootstrap_draws, compare_per_user, paired_test, seed_interval, seeds_needed,
-                           standard_error, summarise, two_way_bootstrap, worst_case)
+from utility.stats import (compare_per_user, paired_test, seed_interval, seeds_needed,
+                           standard_error, summarise, two_way_comparison, worst_case)
 
 
 def test_summarise_is_the_mean_and_the_sample_sd():
@@ -72,8 +72,13 @@ def test_compare_per_user_is_b_against_a_per_metric():
     assert r["se_a"] == pytest.approx(standard_error(a["recall@20"]))
     assert r["se_b"] == pytest.approx(standard_error(b["recall@20"]))
     assert out["ndcg@20"]["rel_diff"] == pytest.approx(-50.0)   # and worse on NDCG: the metrics are not mixed up
-    lo, hi = r["interval"]                                    # the bootstrap over users brackets the difference
+    lo, hi = r["interval"]                                    # the interval over users brackets the difference
     assert lo < 75.0 < hi
+    # by hand: differences 0.5, 0, 0.5, 0, 0.5 (in % of A's mean 0.4: 125, 0, 125, 0, 125) have sd 68.47;
+    # t(0.975, 4 df) = 2.7764, so the half-width is 2.7764 * 68.47 / sqrt(5) = 85.02
+    assert (lo, hi) == pytest.approx((75.0 - 85.02, 75.0 + 85.02), abs=0.01)
+    p_lo, p_hi = r["percentile_interval"]                     # and so does the bootstrap over users
+    assert p_lo < 75.0 < p_hi
     assert out["ndcg@20"]["interval"] == pytest.approx((-50.0, -50.0))   # a constant difference: no spread
     with pytest.raises(ValueError, match="different users"):
         compare_per_user(a, dict(b, users=users[::-1]))
@@ -97,10 +102,10 @@ def simulate(rng, n_seeds, n_users, effect=0.0, seed_sd=0.006, noise_sd=0.1, mea
     return a, b
 
 
-def test_two_way_bootstrap_point_estimate_and_per_seed_differences_by_hand():
+def test_two_way_comparison_point_estimate_and_per_seed_differences_by_hand():
     a = np.array([[0.0, 0.2, 0.4], [0.1, 0.1, 0.4]])      # seed means 0.2 and 0.2
     b = np.array([[0.3, 0.3, 0.3], [0.0, 0.1, 0.35]])     # seed means 0.3 and 0.15
-    out = two_way_bootstrap(a, b, n_resamples=500)
+    out = two_way_comparison(a, b, n_resamples=500)
     assert out["n_seeds"] == 2 and out["n_users"] == 3
     assert out["mean_a"] == pytest.approx(0.2) and out["mean_b"] == pytest.approx(0.225)
     assert out["rel_diff"] == pytest.approx(12.5)                        # 100 * 0.025 / 0.2
@@ -113,7 +118,7 @@ def test_two_way_bootstrap_point_estimate_and_per_seed_differences_by_hand():
 
 def test_a_true_effect_is_found_with_its_sign_and_swapping_the_arms_flips_it():
     a, b = simulate(np.random.default_rng(1), 4, 2000, effect=0.2, seed_sd=0.002, noise_sd=0.05)
-    up, down = two_way_bootstrap(a, b), two_way_bootstrap(b, a)
+    up, down = two_way_comparison(a, b), two_way_comparison(b, a)
     assert up["verdict"] == "B above A" and up["interval"][0] > 0 and up["sign_agreement"] == 4
     assert up["interval"][0] < 20 < up["interval"][1]                   # the true +20 % is inside
     assert up["percentile_interval"][0] < up["rel_diff"] < up["percentile_interval"][1]
@@ -123,20 +128,30 @@ def test_a_true_effect_is_found_with_its_sign_and_swapping_the_arms_flips_it():
     assert down["per_seed_diff"] == pytest.approx([-d for d in up["per_seed_diff"]])
 
 
+def users_only_interval(a, b, rng, n_resamples=1000):
+    """The percentile interval of a bootstrap that resamples users and keeps the seeds: the mistake
+    of treating the seeds' users as the only replicate."""
+    users = rng.integers(0, a.shape[1], (n_resamples, a.shape[1]))
+    per_user_a, per_user_b = a.mean(0), b.mean(0)
+    rel = 100 * (per_user_b[users].mean(1) - per_user_a[users].mean(1)) / per_user_a[users].mean(1)
+    return np.percentile(rel, [2.5, 97.5])
+
+
 def test_no_effect_experiments_rarely_exclude_zero_where_the_pooled_test_often_does():
     """240 simulated experiments, 3 seeds x 500 users, seed-level and user-level noise, no true effect."""
     rng = np.random.default_rng(2026)
-    n, two_way, users_only, pooled = 240, 0, 0, 0
+    n, two_way, percentile, users_only, pooled = 240, 0, 0, 0, 0
     for i in range(n):
         a, b = simulate(rng, 3, 500)
-        lo, hi = two_way_bootstrap(a, b, n_resamples=1000, seed=i)["interval"]
-        two_way += lo > 0 or hi < 0
-        users = _bootstrap_draws(a, b, 1000, np.random.default_rng(i))[1]   # seeds held fixed
-        lo, hi = np.percentile(users, [2.5, 97.5])
+        out = two_way_comparison(a, b, n_resamples=1000, seed=i)
+        two_way += out["interval"][0] > 0 or out["interval"][1] < 0
+        percentile += out["percentile_interval"][0] > 0 or out["percentile_interval"][1] < 0
+        lo, hi = users_only_interval(a, b, np.random.default_rng(i))
         users_only += lo > 0 or hi < 0
         pooled += stats.wilcoxon(b.ravel(), a.ravel()).pvalue < 0.05
-    rates = (f"false positives at 95 %: two-way bootstrap {two_way / n:.1%}, users-only bootstrap "
-             f"{users_only / n:.1%}, Wilcoxon over the (user, seed) pairs {pooled / n:.1%}")
+    rates = (f"false positives at 95 %: two-way t interval {two_way / n:.1%}, two-way bootstrap percentile "
+             f"interval {percentile / n:.1%}, users-only bootstrap {users_only / n:.1%}, "
+             f"Wilcoxon over the (user, seed) pairs {pooled / n:.1%}")
     print("\n" + rates)
     assert two_way / n <= 0.07, rates
     # the seed noise is real here: ignoring it (resampling users only, or treating (user, seed) pairs as
@@ -144,47 +159,85 @@ def test_no_effect_experiments_rarely_exclude_zero_where_the_pooled_test_often_d
     assert users_only / n > 0.15 and pooled / n > 0.15, rates
 
 
+def test_when_seeds_dominate_the_percentile_interval_is_too_narrow_and_the_t_interval_is_not():
+    """200 experiments with no effect, 3 seeds x 300 users, seed shifts 30 % of the mean: the two-way
+    bootstrap's percentile interval ends at the extreme seeds, which share a sign one time in four."""
+    rng = np.random.default_rng(7)
+    n, t_based, percentile = 200, 0, 0
+    for i in range(n):
+        out = two_way_comparison(*simulate(rng, 3, 300, seed_sd=0.03), n_resamples=500, seed=i)
+        t_based += out["interval"][0] > 0 or out["interval"][1] < 0
+        percentile += out["percentile_interval"][0] > 0 or out["percentile_interval"][1] < 0
+    rates = f"false positives at 95 %: t interval {t_based / n:.1%}, percentile interval {percentile / n:.1%}"
+    print("\n" + rates)
+    assert t_based / n <= 0.08 and percentile / n > 0.15, rates
+
+
 def test_the_interval_follows_the_seeds_when_they_dominate_and_the_users_when_they_do():
     rng = np.random.default_rng(3)
     # seeds dominate: per-seed shifts of a few %, almost no user noise -> the t interval over the
     # per-seed relative differences (2 degrees of freedom)
     a, b = simulate(rng, 3, 3000, seed_sd=0.003, noise_sd=0.001)
-    out = two_way_bootstrap(a, b)
+    out = two_way_comparison(a, b)
     by_seed = seed_interval(out["per_seed_rel_diff"])
     half = (out["interval"][1] - out["interval"][0]) / 2
     assert half == pytest.approx((by_seed["interval"][1] - by_seed["interval"][0]) / 2, rel=0.1)
-    assert out["df"] == pytest.approx(2, abs=0.2)
+    assert out["df"] == 2
+    # no seed effects and no user effects, only seed x user noise: the per-seed differences carry all of
+    # it, once; the users part adds nothing
+    a, b = simulate(rng, 3, 3000, seed_sd=0.0, noise_sd=0.1)
+    out = two_way_comparison(a, b)
+    by_seed = seed_interval(out["per_seed_rel_diff"])
+    half = (out["interval"][1] - out["interval"][0]) / 2
+    assert half == pytest.approx((by_seed["interval"][1] - by_seed["interval"][0]) / 2, rel=0.1)
     # one seed: users are the only replicate -> the normal interval of a ratio of means over users
     a, b = simulate(rng, 1, 3000)
-    out = two_way_bootstrap(a, b)
+    out = two_way_comparison(a, b)
     ratio = b.mean() / a.mean()
     se = 100 * np.std(b[0] - ratio * a[0], ddof=1) / (np.sqrt(a.size) * a.mean())   # delta method
     assert (out["interval"][1] - out["interval"][0]) / 2 == pytest.approx(1.96 * se, rel=0.1)
+    assert out["df"] == 2999
 
 
-def test_two_way_bootstrap_is_seeded_fast_and_checks_its_input():
+def test_user_effects_shared_by_every_seed_widen_the_interval():
+    # B is better for some users and worse for others, the same on every seed, with no seed effect: the
+    # per-seed differences agree closely, yet another sample of users would move them all together
+    rng = np.random.default_rng(8)
+    n_seeds, n_users, mean, user_sd, noise_sd = 3, 2000, 0.1, 0.2, 0.03
+    user = mean + rng.normal(0, 0.3, n_users)
+    a = user + rng.normal(0, noise_sd, (n_seeds, n_users))
+    b = user + rng.normal(0, user_sd, n_users) + rng.normal(0, noise_sd, (n_seeds, n_users))
+    out = two_way_comparison(a, b)
+    # the variance of the mean difference: user effects over U, seed x user noise of both arms over S U
+    true_se = 100 / mean * math.sqrt(user_sd ** 2 / n_users + 2 * noise_sd ** 2 / (n_seeds * n_users))
+    assert out["se"] == pytest.approx(true_se, rel=0.1)
+    by_seed = seed_interval(out["per_seed_rel_diff"])
+    assert out["interval"][1] - out["interval"][0] > 1.5 * (by_seed["interval"][1] - by_seed["interval"][0])
+
+
+def test_two_way_comparison_is_seeded_fast_and_checks_its_input():
     a, b = simulate(np.random.default_rng(4), 6, 6000)
     start = time.perf_counter()
-    first = two_way_bootstrap(a, b, n_resamples=4000, seed=7)
+    first = two_way_comparison(a, b, n_resamples=4000, seed=7)
     took = time.perf_counter() - start
     assert took < 10, f"{took:.1f} s for 6 seeds x 6,000 users"   # about 1 s on a busy 2-core machine
-    assert two_way_bootstrap(a, b, n_resamples=4000, seed=7) == first
+    assert two_way_comparison(a, b, n_resamples=4000, seed=7) == first
     with pytest.raises(ValueError, match="shape"):
-        two_way_bootstrap(a, b[:, 1:])
+        two_way_comparison(a, b[:, 1:])
     with pytest.raises(ValueError, match="shape"):
-        two_way_bootstrap(a[0], b[0])
-    zero = two_way_bootstrap(np.zeros((2, 3)), np.ones((2, 3)))
+        two_way_comparison(a[0], b[0])
+    zero = two_way_comparison(np.zeros((2, 3)), np.ones((2, 3)))
     assert zero["rel_diff"] is None and zero["interval"] is None and "A's mean is 0" in zero["verdict"]
 
 
 def test_resamples_drawn_in_chunks_give_the_same_interval(monkeypatch):
     import utility.stats
     a, b = simulate(np.random.default_rng(6), 3, 400)
-    whole = two_way_bootstrap(a, b, n_resamples=2000)
+    whole = two_way_comparison(a, b, n_resamples=2000)
     monkeypatch.setattr(utility.stats, "DRAWS_IN_MEMORY", 7 * 400 + 3)   # 7 resamples at a time, the last chunk short
-    chunked = two_way_bootstrap(a, b, n_resamples=2000)
-    assert chunked["se"] == pytest.approx(whole["se"], rel=0.1)
-    assert chunked["percentile_interval"] == pytest.approx(whole["percentile_interval"], rel=0.2, abs=0.5)
+    chunked = two_way_comparison(a, b, n_resamples=2000)
+    assert chunked["interval"] == whole["interval"]
+    assert chunked["percentile_interval"] == pytest.approx(whole["percentile_interval"], rel=0.15)
 
 
 def test_seeds_needed_from_per_seed_values_by_hand():
