@@ -17,7 +17,7 @@ and the number of seeds whose own difference has its sign. With --teacher_ckpt, 
 w/o prompt distils that one teacher, for every seed.
 
 Writes a markdown table of test (and validation) Recall@20 / NDCG@20, and the same as JSON.
-Flags after the script's own are passed to every main.py run (e.g. --student_epoch).
+Flags after the script's own are passed to every main.py run (e.g. --epoch).
 """
 import argparse
 import os
@@ -41,8 +41,6 @@ VARIANTS = [
     ("w/o pair-wise KD", ["--kd_pair_weight", "0"]),
     ("w/o list-wise KD", ["--kd_list_weight", "0"]),
     ("w/o embedding KD", ["--kd_emb_weight", "0"]),
-    ("w/o re-weighting", ["--no_list_reweight"]),
-    ("w/o disentangling", ["--no_disentangle"]),
     ("copy only", ["--no_kd"]),
     ("KD only", ["--student_init", "random"]),
     ("neither", ["--student_init", "random", "--no_kd"]),

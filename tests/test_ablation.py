@@ -28,7 +28,7 @@ def test_ablation_table_over_two_seeds(tmp_path, tiny_json):
     out = tmp_path / "ablation.md"
     code = ablation.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
                           "--runs_dir", str(tmp_path / "runs"), "--out", str(out), "--seeds", "1", "2",
-                          "--epoch", "1", "--student_epoch", "1", "--embed_size", "8", "--batch_size", "64"])
+                          "--epoch", "1", "--embed_size", "8", "--batch_size", "64"])
     assert code == 0
     text = out.read_text()
     lines = text.splitlines()

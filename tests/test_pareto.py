@@ -13,7 +13,7 @@ def test_pareto_sweep(tmp_path, tiny_json):
     out = tmp_path / "pareto.png"
     pareto.main(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
                  "--runs_dir", str(tmp_path / "runs"), "--out", str(out), "--seeds", "1", "2", "--sizes", "4", "8",
-                 "--epoch", "1", "--student_epoch", "1", "--embed_size", "8", "--batch_size", "64"])
+                 "--epoch", "1", "--embed_size", "8", "--batch_size", "64"])
     assert out.stat().st_size > 10_000
     points = json.loads((tmp_path / "pareto.json").read_text())
     assert len(points["teacher"]) == 2

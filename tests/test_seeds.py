@@ -8,7 +8,7 @@ import pytest
 from scripts import seeds
 from utility.stats import two_way_comparison
 
-TINY_FLAGS = ["--epoch", "1", "--student_epoch", "1", "--embed_size", "8", "--batch_size", "64"]
+TINY_FLAGS = ["--epoch", "1", "--embed_size", "8", "--batch_size", "64"]
 
 
 def data_flags(tmp_path, data):
