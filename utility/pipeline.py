@@ -538,16 +538,17 @@ def student_vs_teacher(run_dir):
 
 
 def comparison_line(comparison):
-    """One log line: the student's relative test difference to the teacher and its paired p-value per
-    metric, and the standard error of the student's mean (how much sampling the test users alone
-    moves one run's number)."""
+    """One log line: the student's relative test difference to the stage-1 teacher per metric, with its
+    95 % interval over the test users and the paired p-value, and the standard error of the student's
+    mean (how much sampling the test users alone moves one run's number; another seed moves it more)."""
     parts, errors = [], []
     for metric, c in comparison.items():
         rel = "n/a" if c["rel_diff"] is None else f"{c['rel_diff']:+.1f} %"
-        parts.append(f"{metric} {rel} (p = {c['p']:.2g})")
+        ci = "" if c.get("interval") is None else " [{:+.1f}, {:+.1f}]".format(*c["interval"])
+        parts.append(f"{metric} {rel}{ci} (p = {c['p']:.2g})")
         errors.append(f"{metric} {c['se_b']:.4f}" if c["se_b"] is not None else f"{metric} n/a")
     n = next(iter(comparison.values()))["n"]
-    return (f"student vs teacher on the same {n:,} test users (paired Wilcoxon): " + ", ".join(parts)
+    return (f"student vs the stage-1 teacher on the same {n:,} test users (95 % interval over users, paired Wilcoxon): " + ", ".join(parts)
             + "; standard error of the student's mean: " + ", ".join(errors))
 
 
