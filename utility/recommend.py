@@ -29,7 +29,7 @@ from utility.errors import UserError
 from utility.load_data import load_dataset
 
 MODELS = ("student", "teacher")
-SCORE_BUDGET = 1 << 24   # float32 scores per block of users (64 MB) when ranking many users
+SCORE_BUDGET = 1 << 26   # float32 scores per block of users (256 MB): 67 users at 10^6 items
 ID_MAP = "id_map.json"   # original user / item ids of a built dataset (movielens): {"user": [...], "item": [...]}
 
 
