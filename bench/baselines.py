@@ -36,7 +36,7 @@ from utility.run_io import write_json  # noqa: E402
 MODELS = ("mostpop", "ease", "itemknn", "lightgcn")
 EASE_LAMBDAS = (1, 10, 50, 100, 200, 500, 1000, 2000, 5000)
 KNN_KS = (10, 20, 50, 100, 200, 500)
-KNN_SHRINKS = (0, 10, 100)
+KNN_SHRINKS = (0, 10, 100, 1000)
 EASE_MAX_ITEMS = 16000   # 3 items x items float64 matrices at the peak: 6 GB at this size
 TABLE_METRICS = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (20, 50)]
 
