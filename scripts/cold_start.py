@@ -8,8 +8,9 @@ among the cold test items) Recall@20 and NDCG@20 of: the mapper + student, the t
 path (its fused embedding of the cold items), content-kNN, popularity (0 for every cold item, so a
 random tie-break) and random; and, in one ranking of every item against all held-out test items,
 the mapper + student against the warm-only student. Every choice (the mapper's epoch and score
-weight, the kNN aggregation) is made on the validation-cold items. Mean ± sd over seeds; each key
-comparison's relative difference per seed (docs/cold-start.md).
+weight, the kNN aggregation) is made on the validation-cold items, the scale of the mapper's vectors
+among warm items on the whole validation split. Mean ± sd over seeds; each key comparison's relative
+difference with an interval over seeds and users (utility.stats.two_way_comparison; docs/cold-start.md).
 """
 import argparse
 import json
@@ -33,7 +34,7 @@ from utility.evaluate import RankingEvaluator, dot_scores  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
 from utility.recommend import Recommender, read_config  # noqa: E402
 from utility.run_io import write_json  # noqa: E402
-from utility.stats import summarise  # noqa: E402
+from utility.stats import summarise, two_way_comparison  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("recall@20", "ndcg@20")
@@ -134,11 +135,13 @@ def summary(per_seed):
                           for m in methods}
     comparisons = []
     for ranking, control, treatment in COMPARISONS:
+        users = [r[ranking][control]["users"] for r in per_seed]
+        if not all(np.array_equal(users[0], u) for u in users):
+            raise ValueError(f"{ranking} ranking: the seeds were evaluated on different users")
         for metric in METRICS:
-            rel = [100 * (r[ranking][treatment]["mean"][metric] / r[ranking][control]["mean"][metric] - 1)
-                   for r in per_seed]
+            a, b = (np.stack([r[ranking][m][metric] for r in per_seed]) for m in (control, treatment))
             comparisons.append(dict(ranking=ranking, control=control, treatment=treatment, metric=metric,
-                                    rel_diff_per_seed=rel, rel_diff_mean_sd=summarise(rel)))
+                                    **two_way_comparison(a, b)))
     return table, comparisons
 
 
@@ -150,10 +153,17 @@ def format_report(dataset, seeds, table, comparisons):
         for method, values in table[ranking].items():
             cells = [f"{m:.4f} ± {sd:.4f}" if sd is not None else f"{m:.4f}" for m, sd in values.values()]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines.append("\nrelative difference, treatment vs control, per seed")
+    lines.append("\ntreatment vs control: relative difference of means, 95 % interval over seeds and users "
+                 "(t; two-way bootstrap percentile), per seed")
     for c in comparisons:
-        per_seed = ", ".join(f"{x:+.1f}%" for x in c["rel_diff_per_seed"])
-        lines.append(f"  {c['ranking']}: {c['treatment']} vs {c['control']}, {c['metric']}: {per_seed}")
+        head = f"  {c['ranking']}: {c['treatment']} vs {c['control']}, {c['metric']}: "
+        if c["rel_diff"] is None:
+            lines.append(head + c["verdict"])
+            continue
+        per_seed = ", ".join(f"{x:+.1f}%" for x in c["per_seed_rel_diff"])
+        (lo, hi), (plo, phi) = c["interval"], c["percentile_interval"]
+        lines.append(head + f"{c['rel_diff']:+.1f}% [{lo:+.1f}, {hi:+.1f}] ([{plo:+.1f}, {phi:+.1f}]); "
+                            f"per seed {per_seed}; {c['verdict']}")
     return "\n".join(lines)
 
 
