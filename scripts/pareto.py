@@ -1,6 +1,6 @@
 """Students of every size, with and without distillation: accuracy against size and serving time.
 
-    python scripts/pareto.py --dataset tiktok [--seeds 1 2 3] [--sizes 8 16 32 64] [main.py flags]
+    python scripts/pareto.py --dataset tiktok [--seeds 1 2 3] [--sizes 8 16 32 64] [--resume_dir DIR] [main.py flags]
 
 Per seed, one teacher is trained (stage 1) and shared by every student of that seed. Each size d
 of ``--sizes`` is then distilled three ways: random initialisation with KD, random initialisation
@@ -37,6 +37,10 @@ KD, CONTROL = "random init, KD", "random init, no KD"   # the one-factor compari
 
 
 def run(flags, results_file):
+    """A main.py run's results, or those of the same run already in the sweep's folder (--resume_dir)."""
+    if os.path.exists(results_file):
+        with open(results_file) as f:
+            return json.load(f)
     code = pipeline.run_command(flags + ["--results_json", results_file, "--no_plot"])
     if code != 0:
         sys.exit(f"pareto: main.py {' '.join(flags)} failed with exit code {code}")
@@ -142,10 +146,12 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--out", default=None, help="the picture (default: docs/pareto-<dataset>.png)")
+    p.add_argument("--resume_dir", default=None,
+                   help="a sweep's folder: runs whose results file is there are not run again")
     args, passthrough = p.parse_known_args(argv)
     base = ["--data_path", args.data_path, "--dataset", args.dataset, "--runs_dir", args.runs_dir] + passthrough
     out = args.out or os.path.join(ROOT, "docs", f"pareto-{args.dataset}.png")
-    workdir = os.path.join(args.runs_dir, args.dataset, f"pareto-{time.strftime('%Y%m%d-%H%M%S')}")
+    workdir = args.resume_dir or os.path.join(args.runs_dir, args.dataset, f"pareto-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(workdir, exist_ok=True)
     points, run_dirs = collect(base, args.seeds, args.sizes, workdir)
     effects = kd_effect(run_dirs)
