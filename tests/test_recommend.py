@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -268,3 +269,13 @@ def test_flag_combinations_that_make_no_sense_are_one_line_errors(run_dir, capsy
     assert recommend.main([run_dir, *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_missing_serving_extras_are_named_and_nothing_is_left(run_dir, tmp_path, monkeypatch, capsys):
+    for module in ("faiss", "pyarrow", "pyarrow.parquet"):
+        monkeypatch.setitem(sys.modules, module, None)   # as if not installed
+    assert recommend.main([run_dir, "--export", str(tmp_path / "export"), "--faiss"]) == 2
+    assert "--faiss needs the faiss-cpu package" in capsys.readouterr().err
+    assert recommend.main([run_dir, "--all_users", "--out", str(tmp_path / "all.parquet")]) == 2
+    assert "parquet needs pyarrow" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
