@@ -279,3 +279,18 @@ def test_missing_serving_extras_are_named_and_nothing_is_left(run_dir, tmp_path,
     assert recommend.main([run_dir, "--all_users", "--out", str(tmp_path / "all.parquet")]) == 2
     assert "parquet needs pyarrow" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_weights_that_do_not_fit_the_config_are_a_one_line_error(run_dir, tmp_path, capsys):
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["teacher"]["cf_layers"] += 1   # harmless to the weights' shapes: the student loads
+    config["teacher"]["embed_size"] = 8   # the teacher's PCA tokens (and prompt module) are 8 wide now
+    (moved / "config.json").write_text(json.dumps(config))
+    assert recommend.main([str(moved), "--users", "0", "--model", "teacher"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {moved / 'teacher.pt'}: its weights do not fit") and err.count("\n") == 1
+    (moved / "config.json").write_text("[1, 2]")
+    assert recommend.main([str(moved), "--users", "0"]) == 2
+    assert "config.json: not a run's config (not a JSON object)" in capsys.readouterr().err

@@ -99,11 +99,12 @@ class Recommender:
 
     def _top(self, users, k, exclude_seen):
         """Top-k (scores, ids) of one block of users, scored as the evaluation scores them."""
-        scores = self.user_emb[users] @ self.item_emb.T
+        device = self.user_emb.device
+        scores = self.user_emb[users.to(device)] @ self.item_emb.T
         if exclude_seen:
             seen = self.train[users.numpy()]
             rows = torch.repeat_interleave(torch.arange(users.numel()), torch.from_numpy(np.diff(seen.indptr)))
-            scores[rows, torch.from_numpy(seen.indices.astype(np.int64))] = -torch.inf
+            scores[rows.to(device), torch.from_numpy(seen.indices.astype(np.int64)).to(device)] = -torch.inf
         top = torch.topk(scores, k, dim=1)
         ids = top.indices.masked_fill(torch.isneginf(top.values), -1)
         return top.values.cpu(), ids.cpu()
@@ -188,7 +189,8 @@ class Recommender:
 # ---------------------------------------------------------------- loading
 
 def read_config(run_dir):
-    """The run's config.json; a missing or unreadable one is a one-line error."""
+    """The run's config.json, its ``run_dir`` set to the folder it was read from (runs can move);
+    a missing or unreadable one is a one-line error."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir}: run folder not found")
@@ -199,10 +201,10 @@ def read_config(run_dir):
             config = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot be read as JSON ({type(e).__name__})") from None
-    missing = [key for key in ("dataset", "data_path", "teacher") if key not in config]
+    missing = [key for key in ("dataset", "data_path", "teacher") if key not in config] if isinstance(config, dict) else []
     if not isinstance(config, dict) or missing:
-        raise UserError(f"{path}: not a run's config (missing {', '.join(missing) or 'everything'})")
-    return config
+        raise UserError(f"{path}: not a run's config ({'missing ' + ', '.join(missing) if missing else 'not a JSON object'})")
+    return dict(config, run_dir=run_dir)
 
 
 def read_checkpoint(path, model):
@@ -252,7 +254,7 @@ def load_student(ckpt, config, ds, device):
     n_layers = config.get("student_layers", teacher_cfg.cf_layers)   # runs before the student took the teacher's depth
     norm_ui, norm_iu = (to_torch_csr(m).to(device) for m in sym_norm_blocks(ds.train))
     student = LightGCNStudent(norm_ui, norm_iu, state["user_emb"].shape[1], n_layers).to(device)
-    student.load_state_dict(state)
+    load_weights(student, state, ckpt_name(config, "student"))
     return student.eval()
 
 
@@ -274,8 +276,21 @@ def load_teacher(ckpt, config, ds, device):
     tokens = torch.from_numpy(item_hard_tokens(ds.modality_feats, cfg.embed_size, cache)).to(device)
     feats = {m: torch.from_numpy(x).to(device) for m, x in ds.modality_feats.items()}
     teacher = Teacher(graphs, feats, tokens, cfg).to(device)
-    teacher.load_state_dict(ckpt["models"]["teacher"])
+    load_weights(teacher, ckpt["models"]["teacher"], ckpt_name(config, "teacher"))
     return teacher.eval()
+
+
+def ckpt_name(config, model):
+    return os.path.join(config["run_dir"], f"{model}.pt")
+
+
+def load_weights(module, state, path):
+    """``module.load_state_dict(state)``; weights of another shape are a one-line error."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{path}: its weights do not fit the model its config.json describes "
+                        f"({str(e).splitlines()[0]})") from None
 
 
 @torch.no_grad()
