@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 
 from utility.errors import UserError  # noqa: E402
 from utility.evaluate import RankingEvaluator  # noqa: E402
+from utility.item_item import ease_weights, gram  # noqa: E402,F401  (EASE is the library's item-item teacher)
 from utility.load_data import load_dataset  # noqa: E402
 from utility.run_io import write_json  # noqa: E402
 
@@ -63,27 +64,6 @@ def dense_rows(ptr, idx, users, n_items):
 def popularity(train):
     """Training interactions per item: MostPop's score of every item, the same for every user."""
     return torch.as_tensor(np.asarray(sp.csr_matrix(train).sum(0)).ravel(), dtype=torch.float32)
-
-
-def gram(train):
-    """X^T X of the binary training matrix, dense float64 (items x items)."""
-    x = sp.csr_matrix(train, dtype=np.float64)
-    return torch.as_tensor((x.T @ x).toarray())
-
-
-def ease_weights(gram_matrix, lam):
-    """EASE (Steck 2019): B = I - P diag(1/diag(P)) with P = (X^T X + lambda I)^-1, so diag(B) = 0.
-
-    Closed form of min ||X - XB||^2 + lambda ||B||^2 subject to diag(B) = 0. Memory: the Gram matrix,
-    P and B are items x items float64 (n_items^2 x 8 bytes each, 0.36 GB at 6,710 items, 2 GB at
-    16,000); practical up to some 16,000 items on a 16 GB machine, hence ``--ease_max_items``.
-    """
-    g = gram_matrix.clone()
-    g.diagonal().add_(lam)
-    p = torch.cholesky_inverse(torch.linalg.cholesky(g))
-    b = -p / p.diagonal()[None, :]
-    b.diagonal().zero_()
-    return b.float()
 
 
 def knn_neighbours(train, max_k, shrink=0.0, block=1024):

@@ -109,14 +109,18 @@ def test_the_checkpoint_defines_the_teacher_and_the_students_width(tmp_path, tin
                                         "--mm_fusion_weight", "0.3", "--no_prompt"]) == 0
     (folder,) = (tmp_path / "t" / os.path.basename(tiny_json)).iterdir()
     out = tmp_path / "s.json"
-    assert pipeline.run_command(data + ["--runs_dir", str(tmp_path / "s"), "--stage", "student", "--teacher_ckpt",
-                                        str(folder / "teacher.pt"), "--results_json", str(out)]) == 0
-    (student_folder,) = (tmp_path / "s" / os.path.basename(tiny_json)).iterdir()
-    config = json.loads((student_folder / "config.json").read_text())
-    assert (config["teacher"]["embed_size"], config["teacher"]["mm_fusion_weight"]) == (12, 0.3)
-    assert config["teacher"]["use_prompt"] is False
-    state = torch.load(student_folder / "student.pt", weights_only=False)["models"]["student"]
-    assert state["user_emb"].shape[1] == 12
+    for arm, flags in (("none", ["--item_teacher", "none"]), ("ease", [])):
+        assert pipeline.run_command(data + ["--runs_dir", str(tmp_path / arm), "--stage", "student", "--teacher_ckpt",
+                                            str(folder / "teacher.pt"), "--results_json", str(out)] + flags) == 0
+        (student_folder,) = (tmp_path / arm / os.path.basename(tiny_json)).iterdir()
+        config = json.loads((student_folder / "config.json").read_text())
+        assert (config["teacher"]["embed_size"], config["teacher"]["mm_fusion_weight"]) == (12, 0.3)
+        assert config["teacher"]["use_prompt"] is False
+        state = torch.load(student_folder / "student.pt", weights_only=False)["models"]["student"]
+        chosen = json.loads(out.read_text())["distilled_teacher"]
+        # the graph teacher alone: the teacher's width; with EASE: the teacher's or twice it, as chosen
+        assert state["user_emb"].shape[1] == chosen["width"] == (12 if arm == "none" else chosen["width"])
+        assert chosen["width"] in (12, 24) and chosen["depth"] in (0, config["teacher"]["cf_layers"])
 
 
 def test_same_seed_same_numbers(tmp_path, tiny_json):
@@ -139,7 +143,7 @@ def _evaluate_checkpoint(folder, data, stage, exclude_val=True):
     graphs = build_graphs(ds.train, torch.device("cpu"))
     state = ckpt["models"]["student"]
     student = LightGCNStudent(graphs["norm_ui"], graphs["norm_iu"], state["user_emb"].shape[1],
-                              ckpt["config"]["teacher"]["cf_layers"])
+                              ckpt["results"]["distilled_teacher"]["depth"])   # the depth chosen on validation
     student.load_state_dict(state)
     with torch.no_grad():
         user, item = student()

@@ -243,7 +243,7 @@ def test_kd_temperature_reaches_the_pair_and_list_terms(setup):
 def test_no_kd_leaves_bpr_and_reg_only_and_needs_no_teacher(setup):
     from types import SimpleNamespace
     args = SimpleNamespace(kd_pair_weight=1.0, kd_list_weight=1.0, kd_emb_weight=0.1, kd_temperature=1.0,
-                           sce_gamma=2.0, neg_sample_num=10, no_kd=True, kd_de_weight=0.5, student_init="teacher")
+                           neg_sample_num=10, item_teacher="ease", no_kd=True, kd_de_weight=0.5, student_init="teacher")
     kd = KDConfig.from_args(args)
     assert (kd.pair_weight, kd.list_weight, kd.emb_weight, kd.de_weight) == (0, 0, 0, 0)
     full, _ = _student_terms(setup)

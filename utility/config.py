@@ -43,7 +43,7 @@ class StudentConfig:
     """The student (a LightGCN on ID embeddings): width, depth, initialisation and L2 penalty."""
 
     embed_size: int = 64                # --student_embed_size, default: the teacher's width
-    n_layers: int = 2                   # the teacher's --cf_layers
+    n_layers: int = 2                   # the teacher's --cf_layers, or 0 when chosen on validation
     init: str = _flag("teacher", "student_init")
     reg: float = 1e-4                   # --reg
 
@@ -64,8 +64,9 @@ class KDConfig:
     # representation KD; the flag's default None means 1 for a random student start, else 0
     de_weight: float = _flag(None, "kd_de_weight")
     temperature: float = _flag(1.0, "kd_temperature")           # tau of the pair- and list-wise KD
-    sce_gamma: float = _flag(2.0, "sce_gamma")
+    sce_gamma: float = 2.0              # the SCE exponent, the paper's value
     neg_sample_num: int = _flag(10, "neg_sample_num")           # K extra negatives of each list
+    item_teacher: str = _flag("ease", "item_teacher")           # blend EASE into the distilled scores ("none": off)
 
     @classmethod
     def from_args(cls, args):

@@ -67,8 +67,9 @@ class Distillation:
     terms); a teacher with nothing trainable is run once and its output reused.
     """
 
-    def __init__(self, kd, student, teacher, reg, projector=None):
+    def __init__(self, kd, student, teacher, reg, projector=None, blend=None):
         self.kd, self.student, self.teacher, self.reg, self.projector = kd, student, teacher, reg, projector
+        self.blend = blend   # utility.item_item.Blend: the teacher's pair scores blended with EASE's
         self.weights = self.active_weights(kd, bool(teacher.modalities))
         self.extra_negatives = kd.neg_sample_num if "list_kd" in self.weights else 0
         self.teacher_trainable = any(p.requires_grad for p in teacher.parameters())
@@ -123,6 +124,8 @@ class Distillation:
                                                  + embedding_distance_loss(e_pair, t_pair)) / 2
         if "pair_kd" in weights:
             t_scores = _scores(t_user, t_pair)
+            if self.blend is not None:
+                t_scores = self.blend.pair_scores(t_scores, users, pairs)
             terms["pair_kd"] = weights["pair_kd"] * pair_kd_loss(
                 t_scores[:, 0], t_scores[:, 1], s_scores[:, 0], s_scores[:, 1], tau)
         if "list_kd" in weights:

@@ -125,11 +125,14 @@ def build_parser():
     g.add_argument("--kd_list_weight", type=float, default=d["kd_list_weight"],
                    help="chosen on validation of MovieLens without a preset (docs/design.md)")
     g.add_argument("--kd_emb_weight", type=float, default=d["kd_emb_weight"])
-    g.add_argument("--sce_gamma", type=float, default=d["sce_gamma"], help="exponent of the SCE embedding KD")
     g.add_argument("--kd_de_weight", type=float, default=d["kd_de_weight"],
                    help="representation KD: the student's embeddings (through the projector when narrower) "
                         "regress the fused teacher embeddings e^T of the batch's users and items "
                         "(default: 1 with --student_init random, 0 with the teacher's initialisation)")
+    g.add_argument("--item_teacher", choices=["ease", "none"], default=d["item_teacher"],
+                   help="blend EASE's item-item scores into the teacher's scores that the student distils; its "
+                        "lambda, the blend weight (0 included) and the student's default width are chosen on "
+                        "validation (docs/method.md); none: the graph teacher alone")
     g.add_argument("--no_kd", action="store_true",
                    help="switch every KD term off (the student learns from BPR alone): the one-factor control of KD")
     return p
@@ -159,6 +162,7 @@ REMOVED_FLAGS = {
     "--student_epoch": "use --epoch (both stages)",
     "--eval_batch_size": "evaluation blocks are sized to a fixed memory budget",
     "--nan_policy": "a non-finite loss stops the run and keeps the last good checkpoint",
+    "--sce_gamma": "the SCE exponent is fixed at the paper's 2",
 }
 
 
@@ -287,8 +291,6 @@ def validate_args(args):
     for name in ("lr", "student_lr", "kd_temperature"):
         if not getattr(args, name) > 0:
             raise UserError(f"--{name} {getattr(args, name)}: must be positive")
-    if not args.sce_gamma >= 1:   # below 1, |1 - cos|^gamma has an infinite slope at cos = 1
-        raise UserError(f"--sce_gamma {args.sce_gamma}: must be at least 1")
     if args.eval_users is not None and args.eval_users < 1:
         raise UserError(f"--eval_users {args.eval_users}: must be at least 1")
     if min(args.topk) < 1:

@@ -13,18 +13,19 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 
 import numpy as np
 import torch
 
-from Models import Teacher, TeacherOutput, build_student, count_parameters
+from Models import Teacher, TeacherOutput, build_student, count_parameters, lightgcn_propagate
 from utility.config import KDConfig, StudentConfig, TeacherConfig, TrainConfig, from_dict
 from utility.errors import UserError
 from utility.evaluate import RankingEvaluator, dot_scores
 from utility.features import default_cache_dir, item_hard_tokens
 from utility.graph import build_graphs, cached_knn_graphs, knn_tensors
+from utility import item_item
 from utility.load_data import JSON_FILES, PICKLE_FILES, load_dataset
 from utility.objectives import Distillation, teacher_terms
 from utility.parser import build_parser, parse_args, resolve_defaults, validate_args
@@ -184,6 +185,16 @@ def distil(setup, ctx, teacher):
     the stage-1 teacher, which is the one the student is compared with."""
     stage = student_stage(setup, ctx, teacher)
     finish_stage(stage, ctx, train_stage(stage, ctx))
+    blend = stage.loss.blend
+    if blend is not None and blend.weight:   # the scores the student distilled, with the teacher as stage 2 left it
+        user, item = eval_embeddings(teacher)
+        scores = blend.full_scores(user @ item.T)
+        val = ctx.val_eval(lambda users: scores[users].clone())
+        test = test_once("distilled_teacher", ctx, lambda users: scores[users].clone())
+        ctx.results["distilled_teacher"].update(val=val, test=test)
+        ctx.log("teacher + EASE (the scores the student distilled): val " + format_metrics(val)
+                + ("" if test is None else f" | test {format_metrics(test)}"))
+        del scores
     scores = dot_scores(*eval_embeddings(teacher))
     val, test = ctx.val_eval(scores), test_once("teacher_after_distillation", ctx, scores)
     ctx.results["teacher_after_distillation"] = dict(val=val, test=test)
@@ -239,11 +250,18 @@ def student_stage(setup, ctx, teacher):
     cfg = StudentConfig.from_args(setup.args, setup.teacher_cfg)
     kd, train_cfg = KDConfig.from_args(setup.args), TrainConfig.from_args(setup.args, "student")
     teacher_user, teacher_item = eval_embeddings(teacher)
+    blend, width, depth = choose_start(setup, ctx, kd, teacher_user, teacher_item)
+    cfg = replace(cfg, embed_size=width, n_layers=depth)
     prompt_params = teacher.freeze_for_distillation()
     seed_everything(setup.args.seed + 1)   # the same student initialisation on every rank
     student = build_student(cfg, setup.graphs).to(ctx.device)
     if cfg.init == "teacher":
-        student.init_embeddings(teacher_user, teacher_item)
+        if blend.weight or width != teacher_user.shape[1]:
+            # the best width-wide factorisation of the distilled scores
+            with torch.no_grad():
+                student.init_embeddings(*item_item.truncate(blend.full_scores(teacher_user @ teacher_item.T), width))
+        else:
+            student.init_embeddings(teacher_user, teacher_item)
     modules, trained = {"student": student, "teacher": teacher}, [student]
     projector = None
     if cfg.embed_size != setup.teacher_cfg.embed_size:
@@ -253,10 +271,45 @@ def student_stage(setup, ctx, teacher):
         trained.append(projector)
     params = [p for m in trained for p in m.parameters()] + prompt_params
     optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=0.0)
-    objective = Distillation(kd, student, teacher, cfg.reg, projector)
+    objective = Distillation(kd, student, teacher, cfg.reg, projector, blend if blend.weight else None)
     return Stage("student", "lightgcn", modules, trained, optimizer, loss=objective,
                  embeddings=partial(eval_embeddings, student), cfg=train_cfg,
                  extra_negatives=objective.extra_negatives, params=count_parameters(student))
+
+
+def choose_start(setup, ctx, kd, teacher_user, teacher_item):
+    """The scores the student distils and where it starts (utility/item_item.py), chosen on validation:
+    EASE's blend with the graph teacher (unless --item_teacher none, or the data is too large for it:
+    said in the log), the student's width (unless --student_embed_size) and its depth, 0 or the
+    teacher's --cf_layers. Recorded in results.json as ``distilled_teacher``."""
+    ds, args = setup.ds, setup.args
+    lambdas = item_item.LAMBDAS
+    reason = item_item.too_large(ds.n_users, ds.n_items)
+    if kd.item_teacher == "none":
+        lambdas = ()
+    elif reason is not None:
+        ctx.log(f"item-item teacher skipped: {reason}; the student distils the graph teacher alone")
+        lambdas = ()
+    tw = teacher_user.shape[1]
+    if args.student_embed_size:
+        widths = (args.student_embed_size,)
+    elif lambdas:
+        widths = tuple(f * tw for f in item_item.WIDTH_FACTORS)
+    else:
+        widths = (tw,)
+    depths = sorted({0, setup.teacher_cfg.cf_layers})
+    propagate = partial(lightgcn_propagate, setup.graphs["norm_ui"], setup.graphs["norm_iu"])
+    seed_everything(args.seed)   # the randomised SVDs: the same choice on every rank and on resume
+    start = time.perf_counter()
+    with torch.no_grad():
+        blend, width, depth, grid = item_item.choose(ds.train, teacher_user, teacher_item, ctx.val_eval,
+                                                     args.valid_metric, widths, depths, propagate, log=ctx.log,
+                                                     lambdas=lambdas)
+    ctx.results["distilled_teacher"] = dict(
+        ctx.results.get("distilled_teacher", {}), weight=blend.weight, lam=blend.lam, width=width, depth=depth,
+        seconds=time.perf_counter() - start,
+        grid=[dict(lam=k[0], weight=k[1], width=k[2], depth=k[3], val=v) for k, v in grid.items()])
+    return blend, width, depth
 
 
 def popularity_scores(popularity, users):
@@ -370,10 +423,6 @@ def check_splits(ds):
 def check_student_flags(args, teacher_cfg):
     if args.stage == "student" and not args.teacher_ckpt:
         raise UserError("--stage student needs --teacher_ckpt PATH (a teacher.pt from an earlier run)")
-    if (args.stage != "teacher" and args.student_init == "teacher" and args.student_embed_size
-            and args.student_embed_size > teacher_cfg.embed_size):
-        raise UserError(f"--student_embed_size {args.student_embed_size}: larger than the teacher's "
-                        f"{teacher_cfg.embed_size}; cannot initialise from the teacher (use --student_init random)")
     if args.results_json:
         folder = os.path.dirname(os.path.abspath(args.results_json))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
@@ -516,6 +565,8 @@ def summary_table(results, ks):
             ("teacher", results["teacher"]["test"], results["teacher"]["params"], eff["teacher_infer_ms"])]
     if "teacher_after_distillation" in results:
         rows.append(("teacher after stage 2", results["teacher_after_distillation"]["test"], "", ""))
+    if results.get("distilled_teacher", {}).get("test"):
+        rows.append(("teacher + EASE", results["distilled_teacher"]["test"], "", ""))
     if "student" in results:
         rows.append((f"student ({results['student']['kind']})", results["student"]["test"],
                      results["student"]["params"], eff["student_infer_ms"]))
