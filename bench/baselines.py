@@ -3,6 +3,7 @@ and LightGCN run to convergence.
 
     python -m bench.baselines --dataset tiktok --data_path data [--no_exclude_val] [--topk 10 20 40 50]
         [--seeds 2024 1 2] [--threads 1] [--models mostpop ease itemknn lightgcn] [--out FILE.json]
+        [--versus RUN_DIR ...]
 
 Every baseline is scored by :class:`utility.evaluate.RankingEvaluator`, exactly as a run is: full
 ranking, a user's training items excluded, at test time the validation items too unless
@@ -136,6 +137,40 @@ def tuned_baseline(name, param, grid, build_scores, val_eval, test_eval, metric)
                 val=val, test=test, seconds=time.time() - start)
 
 
+def versus_runs(per_user, run_dirs):
+    """The runs' students (one run folder per seed, same data and protocol) against each closed-form
+    baseline's per-user test metrics ({name: RankingEvaluator.per_user output}) on the same test users: utility.stats.two_way_comparison with the baseline, which has no
+    training randomness, repeated for every seed. Returns {baseline: {metric: comparison}}."""
+    from utility.stats import PAIRED_METRICS, two_way_comparison
+    students = []
+    for run_dir in run_dirs:
+        path = os.path.join(run_dir, "student_test_per_user.npz")
+        if not os.path.isfile(path):
+            raise UserError(f"--versus {run_dir}: no student_test_per_user.npz (a finished run with a test split)")
+        students.append(dict(np.load(path)))
+    out = {}
+    for name, base in per_user.items():
+        for run_dir, student in zip(run_dirs, students):
+            if not np.array_equal(student["users"], base["users"]):
+                raise UserError(f"--versus {run_dir}: its test users differ from this dataset's "
+                                f"(another dataset, or another --no_exclude_val / --eval_users)")
+        out[name] = {m: two_way_comparison(np.tile(base[m], (len(students), 1)),
+                                                  np.stack([s[m] for s in students])) for m in PAIRED_METRICS}
+    return out
+
+
+def versus_lines(comparisons, n_runs):
+    lines = []
+    for name, by_metric in comparisons.items():
+        cells = []
+        for metric, c in by_metric.items():
+            lo, hi = c["interval"]
+            cells.append(f"{metric} {c['mean_b']:.4f} vs {c['mean_a']:.4f}, {c['rel_diff']:+.1f} % [{lo:+.1f}, {hi:+.1f}]"
+                         f" ({c['verdict'].replace('B above A', 'student above').replace('B below A', 'student below')})")
+        lines.append(f"student ({n_runs} seeds) vs {name}: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- LightGCN through main.py
 
 def converged(best_epoch, epochs_run, patience, epoch_cap):
@@ -235,6 +270,9 @@ def build_parser():
     p.add_argument("--lightgcn_epochs", type=int, default=1000, help="LightGCN's epoch cap")
     p.add_argument("--lightgcn_patience", type=int, default=50, help="LightGCN's early-stopping patience (epochs)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--versus", nargs="+", default=None, metavar="RUN_DIR",
+                   help="finished runs on this dataset, one per seed: their students against each closed-form "
+                        "baseline on the same test users, with the interval over seeds and users")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p
 
@@ -250,6 +288,9 @@ def check_args(args, n_items):
         raise UserError(f"EASE on {n_items} items needs 3 x {n_items}^2 x 8 bytes = "
                         f"{3 * n_items ** 2 * 8 / 2 ** 30:.1f} GiB; above --ease_max_items {args.ease_max_items} "
                         f"(raise it, or leave ease out of --models)")
+    for run_dir in args.versus or ():
+        if not os.path.isfile(os.path.join(run_dir, "student_test_per_user.npz")):
+            raise UserError(f"--versus {run_dir}: no student_test_per_user.npz (a finished run with a test split)")
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UserError(f"--out {args.out}: folder does not exist")
 
@@ -269,15 +310,18 @@ def run(args):
     check_args(args, ds.n_items)
     print(ds.summary(), flush=True)
     val_eval, test_eval = make_evaluators(ds, args.topk, args.exclude_val)
-    rows = []
+    rows, per_user_scores = [], {}   # the chosen closed-form baselines' scores, for --versus
     if "mostpop" in args.models:
         scores = popularity_scores(popularity(ds.train))
         rows.append(dict(name="MostPop", val=val_eval(scores), test=test_eval(scores)))
+        per_user_scores["MostPop"] = scores
     if "ease" in args.models:
         g = gram(ds.train)
         rows.append(tuned_baseline("EASE", "lambda", args.ease_lambdas,
                                    lambda lam: item_item_scores(ds.train, ease_weights(g, lam)),
                                    val_eval, test_eval, args.valid_metric))
+        if args.versus:
+            per_user_scores["EASE"] = item_item_scores(ds.train, ease_weights(g, rows[-1]["selected"]))
         del g
     if "itemknn" in args.models:
         neighbours = {s: knn_neighbours(ds.train, max(args.knn_ks), s) for s in args.knn_shrinks}
@@ -285,13 +329,23 @@ def run(args):
         rows.append(tuned_baseline("ItemKNN", "k, shrink", [(k, s) for s in args.knn_shrinks for k in ks],
                                    lambda pair: item_item_scores(ds.train, knn_weights(*neighbours[pair[1]], pair[0])),
                                    val_eval, test_eval, args.valid_metric))
+        if args.versus:
+            k, shrink = rows[-1]["selected"]
+            per_user_scores["ItemKNN"] = item_item_scores(ds.train, knn_weights(*neighbours[shrink], k))
     if "lightgcn" in args.models:
         rows.append(run_lightgcn(args))
     print(f"{args.dataset}: test {'without' if args.exclude_val else 'with'} validation items as candidates")
     print(baseline_table(rows, args.valid_metric))
+    comparisons = None
+    if args.versus:
+        per_user = {name: test_eval.per_user(scores) for name, scores in per_user_scores.items()}
+        comparisons = versus_runs(per_user, args.versus)
+        print(versus_lines(comparisons, len(args.versus)))
     if args.out:
         write_json(dict(dataset=args.dataset, n_users=ds.n_users, n_items=ds.n_items, exclude_val=args.exclude_val,
-                        topk=args.topk, valid_metric=args.valid_metric, baselines=rows), args.out)
+                        topk=args.topk, valid_metric=args.valid_metric, baselines=rows,
+                        versus=None if comparisons is None else dict(runs=args.versus, comparisons=comparisons)),
+                   args.out)
     return 0
 
 

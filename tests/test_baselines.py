@@ -217,3 +217,35 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(tiny_json, tmp_path, c
     assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--valid_metric", "recall@30"]) == 2
     assert "--valid_metric" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_versus_sets_the_seeds_students_against_each_baseline_on_the_same_users(tiny_json, tmp_path, capsys):
+    """--versus: a student that beats EASE on every user of every seed is 'above', by the right amount."""
+    from utility.load_data import load_dataset
+    ds = load_dataset(tiny_json)
+    _, test_eval = bl.make_evaluators(ds, [20], True)
+    ease = test_eval.per_user(bl.item_item_scores(ds.train, bl.ease_weights(bl.gram(ds.train), 10.0)))
+    runs = []
+    for seed, lift in enumerate((0.10, 0.12, 0.08)):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        np.savez(run / "student_test_per_user.npz", users=ease["users"], **{
+            m: ease[m] + lift for m in ("recall@20", "ndcg@20")})
+        runs.append(str(run))
+    out = tmp_path / "b.json"
+    assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "ease",
+                    "--ease_lambdas", "10", "--threads", "1", "--out", str(out), "--versus", *runs]) == 0
+    printed = capsys.readouterr().out
+    assert "student (3 seeds) vs EASE" in printed and "student above" in printed
+    c = json.loads(out.read_text())["versus"]["comparisons"]["EASE"]["recall@20"]
+    assert c["mean_b"] > c["mean_a"] and c["verdict"] == "B above A"
+    assert np.isclose(c["mean_b"] - c["mean_a"], 0.10)
+    # a run of other users is refused, as is a folder without the per-user file
+    np.savez(tmp_path / "seed0" / "student_test_per_user.npz", users=ease["users"][:-1],
+             **{m: ease[m][:-1] for m in ("recall@20", "ndcg@20")})
+    assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "ease",
+                    "--ease_lambdas", "10", "--versus", *runs]) == 2
+    assert "test users differ" in capsys.readouterr().err
+    assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "ease",
+                    "--versus", str(tmp_path)]) == 2
+    assert "no student_test_per_user.npz" in capsys.readouterr().err
