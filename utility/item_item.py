@@ -114,7 +114,8 @@ def choose(train, user, item, val_eval, metric, widths, depths, propagate, log=p
     """
     needs_scores = bool(lambdas) or any(w != user.shape[1] for w in widths)
     graph = user @ item.T if needs_scores else None    # dense users x items: only when a factorisation needs it
-    evaluate = lambda u, i: val_eval(lambda users: u[users] @ i.T)[metric]   # noqa: E731
+    # rounded, so that a sum over sharded users (torchrun) makes the same choice as one process
+    evaluate = lambda u, i: round(val_eval(lambda users: u[users] @ i.T)[metric], 8)   # noqa: E731
     grid = {}
 
     def score_starts(key, scores):
@@ -133,7 +134,7 @@ def choose(train, user, item, val_eval, metric, widths, depths, propagate, log=p
         ease_val = {}
         for value in lambdas:
             scores = x @ ease_weights(gram_matrix, value)
-            ease_val[value] = val_eval(lambda users: scores[users].clone())[metric]
+            ease_val[value] = round(val_eval(lambda users: scores[users].clone())[metric], 8)
             if lam is None or ease_val[value] > ease_val[lam]:
                 lam, ease = value, scores
             del scores
