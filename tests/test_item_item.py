@@ -77,6 +77,20 @@ def test_choose_takes_the_blend_that_validation_prefers():
     assert width in (4, 8)
 
 
+def test_choose_at_the_teachers_own_width_still_factorises_each_blend():
+    """A width fixed at the teacher's (--student_embed_size d): the blends are factorised, the graph
+    teacher alone is its own embeddings."""
+    train = random_train()
+    x = ii.dense_train(train, torch.device("cpu"))
+    target = (x @ ii.ease_weights(ii.gram(train), 10.0)).masked_fill(x > 0, -1e9).argmax(1)
+    torch.manual_seed(0)
+    user, item = torch.randn(train.shape[0], 4), torch.randn(train.shape[1], 4)
+    identity = lambda u, i, depth: (u, i)   # noqa: E731
+    blend, width, _, grid = ii.choose(train, user, item, FixedEvaluator(target), "recall@20", (4,), (0,), identity,
+                                      log=lambda *_: None, lambdas=(10.0,), weights=(0.0, 0.75))
+    assert width == 4 and set(grid) == {(0.0, 0.0, 4, 0), (10.0, 0.75, 4, 0)}
+
+
 def test_choose_keeps_the_graph_teacher_and_the_narrow_width_when_ease_does_not_help():
     train = random_train(seed=3)
     torch.manual_seed(0)

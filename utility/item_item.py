@@ -119,7 +119,8 @@ def choose(train, user, item, val_eval, metric, widths, depths, propagate, log=p
     grid = {}
 
     def score_starts(key, scores):
-        factors = truncate(scores, max(widths)) if any(w != user.shape[1] for w in widths) else None
+        needed = key[1] != 0 or any(w != user.shape[1] for w in widths)   # else the teacher's own embeddings
+        factors = truncate(scores, max(widths)) if needed else None
         for width in widths:   # the graph teacher alone at its own width: its own embeddings
             start = (user, item) if key[1] == 0 and width == user.shape[1] else (factors[0][:, :width],
                                                                                  factors[1][:, :width])
