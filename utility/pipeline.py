@@ -185,9 +185,9 @@ def distil(setup, ctx, teacher):
     the stage-1 teacher, which is the one the student is compared with."""
     stage = student_stage(setup, ctx, teacher)
     finish_stage(stage, ctx, train_stage(stage, ctx))
+    user, item = eval_embeddings(teacher)   # the teacher as stage 2 left it
     blend = stage.loss.blend
-    if blend is not None and blend.weight:   # the scores the student distilled, with the teacher as stage 2 left it
-        user, item = eval_embeddings(teacher)
+    if blend is not None and blend.weight:   # the scores the student distilled
         scores = blend.full_scores(user @ item.T)
         val = ctx.val_eval(lambda users: scores[users].clone())
         test = test_once("distilled_teacher", ctx, lambda users: scores[users].clone())
@@ -195,7 +195,7 @@ def distil(setup, ctx, teacher):
         ctx.log("teacher + EASE (the scores the student distilled): val " + format_metrics(val)
                 + ("" if test is None else f" | test {format_metrics(test)}"))
         del scores
-    scores = dot_scores(*eval_embeddings(teacher))
+    scores = dot_scores(user, item)
     val, test = ctx.val_eval(scores), test_once("teacher_after_distillation", ctx, scores)
     ctx.results["teacher_after_distillation"] = dict(val=val, test=test)
     ctx.log("teacher after distillation (its prompts tuned in stage 2): val " + format_metrics(val)
