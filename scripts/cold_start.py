@@ -4,12 +4,13 @@
     python scripts/cold_start.py --dataset tiktok-item-cold --run_dirs RUN_2024 RUN_1 RUN_2
 
 One full ``main.py`` run per seed (or the given run folders), then on the cold test items (ranked
-among the cold test items) Recall@20 and NDCG@20 of: the mapper + student, the teacher's content
-path (its fused embedding of the cold items), content-kNN, popularity (0 for every cold item, so a
-random tie-break) and random; and, in one ranking of every item against all held-out test items,
-the mapper + student against the warm-only student. Every choice (the mapper's epoch and score
-weight, the kNN aggregation) is made on the validation-cold items, the scale of the mapper's vectors
-among warm items on the whole validation split. Mean ± sd over seeds; each key comparison's relative
+among the cold test items) Recall@20 and NDCG@20 of: the mapper + student, the mapper blended with
+content-kNN, the teacher's content path (its fused embedding of the cold items), content-kNN,
+popularity (0 for every cold item, so a random tie-break) and random; and, in one ranking of every
+item against all held-out test items, both against the warm-only student. Every choice (the
+mapper's epoch and score weight, the kNN aggregation, the blend's weight) is made on the
+validation-cold items, the scale of the new items' scores among warm items on the whole validation
+split. Mean ± sd over seeds; each key comparison's relative
 difference with an interval over seeds and users (utility.stats.two_way_comparison; docs/cold-start.md).
 """
 import argparse
@@ -25,10 +26,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utility.cold_start import (KS, MapperConfig, cold_evaluator, cold_scores, content_features,  # noqa: E402
-                                content_knn_scores, evaluate_per_user, fit_mapper, items_without_training,
-                                masked_scores, popularity_tie_break_scores, random_scores, read_cold_items,
-                                serve_with_mapper)
+from utility.cold_start import (KS, ColdBlend, MapperConfig, cold_evaluator, cold_scores,  # noqa: E402
+                                content_features, content_knn_scores, evaluate_per_user, fit_mapper,
+                                items_without_training, masked_scores, popularity_tie_break_scores,
+                                random_scores, read_cold_items, score_ratio)
 from utility.errors import UserError  # noqa: E402
 from utility.evaluate import RankingEvaluator, dot_scores  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
@@ -38,13 +39,18 @@ from utility.stats import summarise, two_way_comparison  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("recall@20", "ndcg@20")
-COLD_METHODS = ("mapper + student", "teacher content path", "content-kNN", "popularity (random tie-break)", "random")
-MIXED_METHODS = ("mapper + student", "mapper + student, scale 1", "student, own rows for new items",
+BLEND = "mapper + content-kNN + student"
+COLD_METHODS = (BLEND, "mapper + student", "teacher content path", "content-kNN", "popularity (random tie-break)",
+                "random")
+MIXED_METHODS = (BLEND, "mapper + student", "mapper + student, scale 1", "student, own rows for new items",
                  "student, new items -inf", "teacher")
-# (ranking, control, treatment): the comparisons the acceptance target names
+# (ranking, control, treatment): the comparisons the acceptance target names, and what the kNN term adds
 COMPARISONS = (("cold", "content-kNN", "mapper + student"), ("cold", "teacher content path", "mapper + student"),
                ("mixed", "student, own rows for new items", "mapper + student"),
-               ("mixed", "student, new items -inf", "mapper + student"))
+               ("mixed", "student, new items -inf", "mapper + student"),
+               ("cold", "content-kNN", BLEND), ("cold", "mapper + student", BLEND),
+               ("mixed", "student, own rows for new items", BLEND))
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75)   # the kNN term's weight in the blend; 0 is the mapper alone
 
 
 def train_run(dataset, data_path, seed, threads, main_args):
@@ -95,31 +101,47 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
     knn_val = {how: evals["val"](content_knn_scores(ds.train, content.cpu(), cold["val"], how))["recall@20"]
                for how in ("mean", "max")}
     how = max(knn_val, key=knn_val.get)
+    knn = {split: content_knn_scores(ds.train, content.cpu(), items, how)
+           for split, items in (("val", cold["val"]), ("test", cold["test"]), ("new", new_items))}
+    # the blend of the mapper with kNN: its unit ratio and weight on the validation cold ranking
+    ratio = score_ratio(mapper_score_fn(mapper, "val"), knn["val"], evals["val"].users)
+    blend_val = {w: evals["val"](ColdBlend(w, ratio).cold_scores(mapper_score_fn(mapper, "val"), knn["val"]))
+                 ["recall@20"] for w in BLEND_WEIGHTS}
+    blend = ColdBlend(max(BLEND_WEIGHTS, key=blend_val.get), ratio)
+    print(f"  content-kNN ({how}) val recall@20 {knn_val[how]:.4f}; blend weight {blend.weight:g}, val recall@20 "
+          f"{blend_val[blend.weight]:.4f}", flush=True)
 
     def cold_methods(split):
-        return {"mapper + student": mapper_score_fn(mapper, split),
+        return {BLEND: blend.cold_scores(mapper_score_fn(mapper, split), knn[split]),
+                "mapper + student": mapper_score_fn(mapper, split),
                 "teacher content path": cold_scores(teacher_user, teacher_item, cold[split]),
-                "content-kNN": content_knn_scores(ds.train, content.cpu(), cold[split], how),
+                "content-kNN": knn[split],
                 "popularity (random tie-break)": popularity_tie_break_scores(ds.train, cold[split], seed),
                 "random": random_scores(len(cold[split]), seed)}
 
-    # the serving scale: on the mixed validation ranking (every item but the user's training items)
+    def served(chosen, scale):
+        return chosen.mixed_scores(student_user, student_item, mapper, content, new_items, knn["new"], scale)
+
+    # the serving scales: on the mixed validation ranking (every item but the user's training items)
     mixed_val = RankingEvaluator(ds.val, [ds.train], KS, device)
-    scale_val = {s: mixed_val(dot_scores(student_user, serve_with_mapper(student_item, mapper, content, new_items,
-                                                                          s)))["recall@20"] for s in serving_scales}
+    scale_val = {s: mixed_val(served(ColdBlend(0.0, ratio), s))["recall@20"] for s in serving_scales}
     scale = max(serving_scales, key=scale_val.get)
+    blend_scale_val = {s: mixed_val(served(blend, s))["recall@20"] for s in serving_scales}
+    blend_scale = max(serving_scales, key=blend_scale_val.get)
     result = {"run_dir": run_dir, "seed": seed,
               "choices": {"mapper_score_weight": weight, "mapper_epoch": fits[weight]["epoch"],
                           "mapper_val": {str(w): f["val"] for w, f in fits.items()},
                           "serving_scale": scale, "serving_scale_val": {str(s): v for s, v in scale_val.items()},
-                          "knn": how, "knn_val": knn_val},
+                          "knn": how, "knn_val": knn_val,
+                          "blend_weight": blend.weight, "blend_ratio": ratio,
+                          "blend_val": {str(w): v for w, v in blend_val.items()}, "blend_scale": blend_scale,
+                          "blend_scale_val": {str(s): v for s, v in blend_scale_val.items()}},
               "val": {m: evals["val"](fn) for m, fn in cold_methods("val").items()},
               "cold": {m: evaluate_per_user(evals["test"], fn, METRICS) for m, fn in cold_methods("test").items()}}
     mixed_eval = RankingEvaluator(ds.test, [ds.train, ds.val], KS, device)
-    served = serve_with_mapper(student_item, mapper, content, new_items, scale)
-    unscaled = serve_with_mapper(student_item, mapper, content, new_items)
-    mixed = {"mapper + student": dot_scores(student_user, served),
-             "mapper + student, scale 1": dot_scores(student_user, unscaled),
+    mixed = {BLEND: served(blend, blend_scale),
+             "mapper + student": served(ColdBlend(0.0, ratio), scale),
+             "mapper + student, scale 1": served(ColdBlend(0.0, ratio), 1.0),
              "student, own rows for new items": dot_scores(student_user, student_item),
              "student, new items -inf": masked_scores(student_user, student_item, new_items),
              "teacher": dot_scores(teacher_user, teacher_item)}

@@ -10,9 +10,9 @@ import scipy.sparse as sp
 import torch
 
 from data.prepare import DatasetBuildError, choose_cold_items, item_cold_split, main as prepare_main, write_item_cold_copy
-from utility.cold_start import (MapperConfig, cold_evaluator, cold_scores, content_features, content_knn_scores,
-                                fit_mapper, items_without_training, mapper_loss, masked_scores,
-                                popularity_tie_break_scores, read_cold_items, serve_with_mapper)
+from utility.cold_start import (ColdBlend, MapperConfig, cold_evaluator, cold_scores, content_features,
+                                content_knn_scores, fit_mapper, items_without_training, mapper_loss, masked_scores,
+                                popularity_tie_break_scores, read_cold_items, score_ratio, serve_with_mapper)
 from utility.errors import DataError
 from utility.load_data import load_dataset
 
@@ -154,6 +154,31 @@ def test_serving_replaces_only_the_new_items_rows():
     served = serve_with_mapper(table, mapper, content, np.array([1, 4]), scale=2.0)
     assert torch.equal(served[[0, 2, 3, 5]], table[[0, 2, 3, 5]])
     assert torch.allclose(served[[1, 4]], 2.0 * mapper(content[[1, 4]]))
+
+
+def test_blend_of_mapper_and_knn_on_hand_worked_numbers():
+    # 2 users, 4 items; items 1 and 3 are new. The mapper maps content c to 2c.
+    user = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    table = torch.tensor([[1.0, 1.0], [9.0, 9.0], [0.0, 3.0], [9.0, 9.0]])
+    content = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    mapper = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        mapper.weight.copy_(2 * torch.eye(2))
+    knn = torch.tensor([[0.5, -0.5], [1.0, 0.0]])                 # users x new items (1, 3)
+    knn_fn = lambda users: knn[users]                              # noqa: E731
+    mapped = lambda users: user[users] @ (2 * content[[1, 3]]).T   # noqa: E731  [[2, 0], [0, 4]]
+    users = torch.tensor([0, 1])
+    blend = ColdBlend(weight=0.25, ratio=4.0)
+    # (1 - 0.25) * mapper + 0.25 * 4 * knn
+    assert torch.allclose(blend.cold_scores(mapped, knn_fn)(users), torch.tensor([[2.0, -0.5], [1.0, 3.0]]))
+    assert ColdBlend(0.0, 4.0).cold_scores(mapped, knn_fn) is mapped
+    mixed = blend.mixed_scores(user, table, mapper, content, np.array([1, 3]), knn_fn, scale=2.0)(users)
+    # warm items 0 and 2 keep the student's scores; new ones are 2 x the blend above
+    assert torch.allclose(mixed, torch.tensor([[1.0, 4.0, 0.0, -1.0], [2.0, 2.0, 6.0, 6.0]]))
+    # the ratio: sd of the mapper's scores over sd of kNN's, on the same users
+    assert score_ratio(mapped, knn_fn, users) == pytest.approx(float(torch.tensor([2.0, 0, 0, 4]).std()) /
+                                                               float(knn.std()))
+    assert score_ratio(mapped, lambda u: torch.ones(len(u), 2), users) == 1.0
 
 
 def test_content_features_weigh_modalities_equally_with_warm_statistics():

@@ -174,6 +174,46 @@ def serve_with_mapper(item_emb, mapper, content, new_items, scale=1.0):
     return table
 
 
+@dataclass(frozen=True)
+class ColdBlend:
+    """New items scored by the mapper and content-kNN together:
+    (1 - weight) * <e_u, g(x_i)> + weight * ratio * knn(u, i).
+
+    ``ratio`` (the sd of the mapper's scores over the sd of kNN's, on the validation cold ranking)
+    puts the two in the same units, so that ``weight`` says how much each counts; weight 0 is the
+    mapper alone. kNN reads a user's training items at serving time, as an item-to-item retriever
+    does; the mapper needs only the user's embedding."""
+
+    weight: float
+    ratio: float
+
+    def cold_scores(self, mapper_fn, knn_fn):
+        """score_fn over the same candidates as ``mapper_fn`` and ``knn_fn``."""
+        if not self.weight:
+            return mapper_fn
+        return lambda users: (1 - self.weight) * mapper_fn(users) + self.weight * self.ratio * knn_fn(users)
+
+    def mixed_scores(self, user_emb, item_emb, mapper, content, new_items, knn_fn, scale=1.0):
+        """score_fn over every item: the student's scores for warm items, the blend times ``scale``
+        for ``new_items``; ``knn_fn`` scores the ``new_items`` in that order."""
+        table = serve_with_mapper(item_emb, mapper, content, new_items, scale * (1 - self.weight))
+        new = torch.as_tensor(new_items, dtype=torch.int64, device=item_emb.device)
+
+        def score_fn(users):
+            scores = user_emb[users] @ table.T
+            if self.weight:
+                scores[:, new] += scale * self.weight * self.ratio * knn_fn(users).to(scores.device)
+            return scores
+        return score_fn
+
+
+def score_ratio(mapper_fn, knn_fn, users):
+    """sd of the mapper's scores over sd of kNN's for ``users`` (a tensor of ids): the
+    :class:`ColdBlend` ratio. 1 when kNN's scores do not vary."""
+    knn_sd = float(knn_fn(users).std())
+    return float(mapper_fn(users).std()) / knn_sd if knn_sd > 0 else 1.0
+
+
 # ---------------------------------------------------------------- baselines
 
 def content_knn_scores(train, content, candidates, how):
