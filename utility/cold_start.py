@@ -7,7 +7,9 @@ scaled to equal weight) to the student's item embedding. It is distilled on warm
 spirit of ALDI (SIGIR 2023): its vectors regress the student's item embeddings, and its scores for
 sampled users follow the student's score distribution over the batch's items. Its epoch and loss
 weights are chosen on the validation-cold items only. The student then serves warm items from its
-table and items without training interactions from the mapper, without retraining.
+table and items without training interactions from the mapper, without retraining; or, as
+:class:`ColdBlend`, from the mapper's scores blended with content-kNN's (the similarity of an item's
+content to the user's training items'), the blend's weight chosen on the validation-cold items.
 """
 import json
 import os
