@@ -48,7 +48,8 @@ MIXED_METHODS = (BLEND, "mapper + student", "mapper + student, scale 1", "studen
 COMPARISONS = (("cold", "content-kNN", "mapper + student"), ("cold", "teacher content path", "mapper + student"),
                ("mixed", "student, own rows for new items", "mapper + student"),
                ("mixed", "student, new items -inf", "mapper + student"),
-               ("cold", "content-kNN", BLEND), ("cold", "mapper + student", BLEND),
+               ("cold", "content-kNN", BLEND), ("cold", "teacher content path", BLEND),
+               ("cold", "mapper + student", BLEND),
                ("mixed", "student, own rows for new items", BLEND))
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75)   # the kNN term's weight in the blend; 0 is the mapper alone
 
