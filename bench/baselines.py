@@ -11,6 +11,9 @@ ranking, a user's training items excluded, at test time the validation items too
 (Recall@20) from a grid; the test split is evaluated once, for the chosen value. LightGCN is the
 project's teacher with its modality branch and prompts off, run by ``main.py`` in a subprocess per
 seed with a long epoch cap and patience; a seed that ended at the cap is a lower bound ("capped").
+``--versus RUN_DIR ...`` (one finished run per seed) sets their students against each closed-form
+baseline on the same test users; a run that masked validation items otherwise than this command (a
+default run under ``--no_exclude_val``, MMRec's protocol) has its student scored again.
 """
 import argparse
 import json
@@ -137,17 +140,41 @@ def tuned_baseline(name, param, grid, build_scores, val_eval, test_eval, metric)
                 val=val, test=test, seconds=time.time() - start)
 
 
-def versus_runs(per_user, run_dirs):
-    """The runs' students (one run folder per seed, same data and protocol) against each closed-form
-    baseline's per-user test metrics ({name: RankingEvaluator.per_user output}) on the same test users: utility.stats.two_way_comparison with the baseline, which has no
-    training randomness, repeated for every seed. Returns {baseline: {metric: comparison}}."""
+def versus_config(run_dir, dataset):
+    """The config of a --versus run folder, checked to be a run on ``dataset``."""
+    from utility.recommend import read_config
+    try:
+        config = read_config(run_dir)
+    except UserError as e:
+        raise UserError(f"--versus {e}") from None
+    if config["dataset"] != dataset:
+        raise UserError(f"--versus {run_dir}: a run on {config['dataset']}, not on {dataset}")
+    return config
+
+
+def student_test_metrics(run_dir, dataset, exclude_val, test_eval, data_path):
+    """A run's student's per-user test metrics under this bench's masking: the run's own
+    student_test_per_user.npz when the run masked validation items as ``exclude_val`` says, else its
+    student (student.pt) scored again by ``test_eval`` (e.g. default runs under --no_exclude_val)."""
+    config = versus_config(run_dir, dataset)
+    if config.get("exclude_val", True) != exclude_val:
+        from utility.evaluate import dot_scores
+        from utility.recommend import Recommender
+        student = Recommender.load(run_dir, "student", data_path=data_path)
+        return test_eval.per_user(dot_scores(student.user_emb, student.item_emb))
+    path = os.path.join(run_dir, "student_test_per_user.npz")
+    if not os.path.isfile(path):
+        raise UserError(f"--versus {run_dir}: no student_test_per_user.npz (a finished run with a test split)")
+    return dict(np.load(path))
+
+
+def versus_runs(per_user, run_dirs, students):
+    """The runs' students (one run folder per seed; ``students``: their per-user test metrics under
+    this bench's protocol) against each closed-form baseline's per-user test metrics ({name:
+    RankingEvaluator.per_user output}) on the same test users: utility.stats.two_way_comparison with
+    the baseline, which has no training randomness, repeated for every seed. Returns {baseline:
+    {metric: comparison}}."""
     from utility.stats import PAIRED_METRICS, two_way_comparison
-    students = []
-    for run_dir in run_dirs:
-        path = os.path.join(run_dir, "student_test_per_user.npz")
-        if not os.path.isfile(path):
-            raise UserError(f"--versus {run_dir}: no student_test_per_user.npz (a finished run with a test split)")
-        students.append(dict(np.load(path)))
     out = {}
     for name, base in per_user.items():
         for run_dir, student in zip(run_dirs, students):
@@ -272,7 +299,8 @@ def build_parser():
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--versus", nargs="+", default=None, metavar="RUN_DIR",
                    help="finished runs on this dataset, one per seed: their students against each closed-form "
-                        "baseline on the same test users, with the interval over seeds and users")
+                        "baseline on the same test users, with the interval over seeds and users (a run that "
+                        "masked validation items otherwise is scored again under this protocol)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p
 
@@ -289,8 +317,7 @@ def check_args(args, n_items):
                         f"{3 * n_items ** 2 * 8 / 2 ** 30:.1f} GiB; above --ease_max_items {args.ease_max_items} "
                         f"(raise it, or leave ease out of --models)")
     for run_dir in args.versus or ():
-        if not os.path.isfile(os.path.join(run_dir, "student_test_per_user.npz")):
-            raise UserError(f"--versus {run_dir}: no student_test_per_user.npz (a finished run with a test split)")
+        versus_config(run_dir, args.dataset)
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UserError(f"--out {args.out}: folder does not exist")
 
@@ -339,7 +366,9 @@ def run(args):
     comparisons = None
     if args.versus:
         per_user = {name: test_eval.per_user(scores) for name, scores in per_user_scores.items()}
-        comparisons = versus_runs(per_user, args.versus)
+        students = [student_test_metrics(run_dir, args.dataset, args.exclude_val, test_eval, args.data_path)
+                    for run_dir in args.versus]
+        comparisons = versus_runs(per_user, args.versus, students)
         print(versus_lines(comparisons, len(args.versus)))
     if args.out:
         write_json(dict(dataset=args.dataset, n_users=ds.n_users, n_items=ds.n_items, exclude_val=args.exclude_val,

@@ -229,6 +229,8 @@ def test_versus_sets_the_seeds_students_against_each_baseline_on_the_same_users(
     for seed, lift in enumerate((0.10, 0.12, 0.08)):
         run = tmp_path / f"seed{seed}"
         run.mkdir()
+        (run / "config.json").write_text(json.dumps(dict(dataset="tiny", data_path=os.path.dirname(tiny_json),
+                                                         teacher={}, exclude_val=True)))
         np.savez(run / "student_test_per_user.npz", users=ease["users"], **{
             m: ease[m] + lift for m in ("recall@20", "ndcg@20")})
         runs.append(str(run))
@@ -246,6 +248,42 @@ def test_versus_sets_the_seeds_students_against_each_baseline_on_the_same_users(
     assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "ease",
                     "--ease_lambdas", "10", "--versus", *runs]) == 2
     assert "test users differ" in capsys.readouterr().err
+    os.remove(tmp_path / "seed0" / "student_test_per_user.npz")
+    assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "ease",
+                    "--ease_lambdas", "10", "--versus", *runs]) == 2
+    assert "no student_test_per_user.npz" in capsys.readouterr().err
     assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "ease",
                     "--versus", str(tmp_path)]) == 2
-    assert "no student_test_per_user.npz" in capsys.readouterr().err
+    assert "not a run folder" in capsys.readouterr().err
+    (tmp_path / "seed1" / "config.json").write_text(json.dumps(dict(dataset="elsewhere", data_path=".", teacher={})))
+    assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "ease",
+                    "--versus", runs[1]]) == 2
+    assert "a run on elsewhere, not on tiny" in capsys.readouterr().err
+
+
+def test_versus_scores_a_run_again_under_another_masking(tiny_json, tmp_path, capsys):
+    """A default run (validation items masked at test) compared under --no_exclude_val is scored
+    again from its student: its own per-user file would mix two protocols on the same users."""
+    from utility import pipeline
+    from utility.evaluate import dot_scores
+    from utility.load_data import load_dataset
+    from utility.recommend import Recommender
+    data = os.path.dirname(tiny_json)
+    assert pipeline.run_command(["--data_path", data, "--dataset", "tiny", "--runs_dir", str(tmp_path / "runs"),
+                                 "--epoch", "2", "--batch_size", "64", "--embed_size", "16", "--no_plot"]) == 0
+    (run,) = (tmp_path / "runs" / "tiny").iterdir()
+    ds = load_dataset(tiny_json)
+    student = Recommender.load(str(run), "student")
+    scores = dot_scores(student.user_emb, student.item_emb)
+    expected = {}
+    for exclude_val in (True, False):
+        _, test_eval = bl.make_evaluators(ds, [20], exclude_val)
+        expected[exclude_val] = test_eval.per_user(scores)["recall@20"].mean()
+    assert expected[True] != expected[False]           # the two protocols differ on this data
+    for flags, exclude_val in (([], True), (["--no_exclude_val"], False)):
+        out = tmp_path / f"versus{exclude_val}.json"
+        assert bl.main(["--dataset", "tiny", "--data_path", data, "--models", "ease", "--ease_lambdas", "10",
+                        "--threads", "1", "--out", str(out), "--versus", str(run), *flags]) == 0
+        c = json.loads(out.read_text())["versus"]["comparisons"]["EASE"]["recall@20"]
+        assert c["mean_b"] == pytest.approx(expected[exclude_val], abs=1e-6)
+    capsys.readouterr()
