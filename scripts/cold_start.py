@@ -10,8 +10,8 @@ popularity (0 for every cold item, so a random tie-break) and random; and, in on
 item against all held-out test items, both against the warm-only student. Every choice (the
 mapper's epoch and score weight, the kNN aggregation, the blend's weight) is made on the
 validation-cold items, the scale of the new items' scores among warm items on the whole validation
-split. Mean ± sd over seeds; each key comparison's relative
-difference with an interval over seeds and users (utility.stats.two_way_comparison; docs/cold-start.md).
+split. Mean ± sd over seeds; each key comparison's relative difference with an interval over seeds
+and users (utility.stats.two_way_comparison; docs/cold-start.md).
 """
 import argparse
 import json
