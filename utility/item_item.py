@@ -6,12 +6,12 @@ student distils are
     t(u, i) = (1 - w) <e^T_u, e^T_i> + w * s * (X B)[u, i],      s = std(graph scores) / std(X B),
 
 where X is the binary training matrix and B EASE's item-item weights. EASE's lambda, the weight w
-(0 among the choices: the graph teacher alone) and the student's width are chosen together on the
-validation split, by the validation metric of the blend truncated to the student's width (the best
-the student's dot products can represent, and the student's starting point). A wider student is
+(0 among the choices: the graph teacher alone), the student's width and its depth are chosen
+together on the validation split, by the validation metric of the blend truncated to the student's
+width (the best the student's dot products can represent, and the student's starting point). A wider student is
 taken only when it gains more than ``WIDER_GAIN`` on validation.
 
-Cost: EASE inverts an items x items matrix (float64) and the blend holds dense users x items score
+Cost: EASE inverts an items x items matrix (float32 here) and the blend holds dense users x items score
 matrices. The item-item teacher is used up to ``MAX_ITEMS`` items and ``MAX_SCORES`` user-item
 pairs; above either, the run says so and the student distils the graph teacher alone.
 """
@@ -25,7 +25,7 @@ LAMBDAS = (10.0, 100.0, 1000.0)
 WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 WIDTH_FACTORS = (1, 2)        # student widths: the teacher's, and twice it
 WIDER_GAIN = 0.01             # relative validation gain that a wider student must bring
-MAX_ITEMS = 16000             # three items x items float64 matrices at the peak: 6 GB at this size
+MAX_ITEMS = 16000             # three items x items float32 matrices at the peak: 3 GB at this size
 MAX_SCORES = 1 << 27          # users x items float32 scores (512 MB per matrix)
 SVD_OVERSAMPLE = 10
 

@@ -88,7 +88,7 @@ def prepare(args, log, dist, resume):
     teacher_cfg = TeacherConfig.from_args(args)
     if teacher_ckpt is not None:   # the checkpoint defines the teacher; a flag given against it is an error
         teacher_cfg = checkpoint_teacher_config(args, teacher_cfg, teacher_ckpt)
-    check_student_flags(args, teacher_cfg)
+    check_student_flags(args)
     if args.stage != "teacher":   # the distillation terms can run (checked before anything is trained)
         Distillation.active_weights(KDConfig.from_args(args), teacher_cfg.use_modalities)
     setup = model_inputs(args, ds, teacher_cfg, teacher_ckpt, device, clock, log)
@@ -420,7 +420,7 @@ def check_splits(ds):
                             f"(a run needs {'validation to select epochs' if split == 'val' else 'a test split'})")
 
 
-def check_student_flags(args, teacher_cfg):
+def check_student_flags(args):
     if args.stage == "student" and not args.teacher_ckpt:
         raise UserError("--stage student needs --teacher_ckpt PATH (a teacher.pt from an earlier run)")
     if args.results_json:

@@ -251,8 +251,9 @@ def load_student(ckpt, config, ds, device):
         raise UserError(f"{config['run_dir']}: a {config['student_model_type']} student; only the LightGCN student is served")
     state = ckpt["models"]["student"]
     teacher_cfg = from_dict(TeacherConfig, config["teacher"])
-    # the depth chosen on validation (utility/item_item.py); older runs: the teacher's depth
-    n_layers = ckpt.get("results", {}).get("distilled_teacher", {}).get("depth", teacher_cfg.cf_layers)
+    # the depth chosen on validation (utility/item_item.py); older runs: their student_layers, or the teacher's depth
+    older = config.get("student_layers", teacher_cfg.cf_layers)
+    n_layers = ckpt.get("results", {}).get("distilled_teacher", {}).get("depth", older)
     norm_ui, norm_iu = (to_torch_csr(m).to(device) for m in sym_norm_blocks(ds.train))
     student = LightGCNStudent(norm_ui, norm_iu, state["user_emb"].shape[1], n_layers).to(device)
     load_weights(student, state, ckpt_name(config, "student"))
