@@ -15,9 +15,12 @@ def random_train(n_users=40, n_items=15, density=0.3, seed=0):
     return sp.csr_matrix(x)
 
 
-def test_dense_train_is_the_binary_matrix():
+def test_train_product_is_the_binary_training_matrix_times_the_weights():
     train = random_train()
-    np.testing.assert_array_equal(ii.dense_train(train, torch.device("cpu")).numpy(), train.toarray())
+    train[0, 1] = 3.0    # a repeated interaction counts once, as in the binary X
+    weights = torch.randn(train.shape[1], train.shape[1])
+    expected = torch.as_tensor(np.sign(train.toarray())) @ weights
+    assert torch.allclose(ii.train_product(train, weights), expected, atol=1e-5)
 
 
 def test_truncate_is_the_best_rank_k_approximation_and_pads_past_the_rank():
@@ -63,7 +66,7 @@ class FixedEvaluator:
 def test_choose_takes_the_blend_that_validation_prefers():
     # validation holds exactly the item EASE ranks first for each user, and not what the graph ranks first
     train = random_train()
-    x = ii.dense_train(train, torch.device("cpu"))
+    x = torch.as_tensor(train.toarray())
     ease = x @ ii.ease_weights(ii.gram(train), 10.0)
     ease = ease.masked_fill(x > 0, -1e9)
     target = ease.argmax(1)
@@ -81,7 +84,7 @@ def test_choose_at_the_teachers_own_width_still_factorises_each_blend():
     """A width fixed at the teacher's (--student_embed_size d): the blends are factorised, the graph
     teacher alone is its own embeddings."""
     train = random_train()
-    x = ii.dense_train(train, torch.device("cpu"))
+    x = torch.as_tensor(train.toarray())
     target = (x @ ii.ease_weights(ii.gram(train), 10.0)).masked_fill(x > 0, -1e9).argmax(1)
     torch.manual_seed(0)
     user, item = torch.randn(train.shape[0], 4), torch.randn(train.shape[1], 4)

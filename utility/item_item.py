@@ -21,6 +21,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from utility.graph import to_torch_csr
+from utility.sparse_ops import sparse_dense
+
 LAMBDAS = (10.0, 100.0, 1000.0)
 WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 WIDTH_FACTORS = (1, 2)        # student widths: the teacher's, and twice it
@@ -49,13 +52,11 @@ def ease_weights(gram_matrix, lam):
     return b.float()
 
 
-def dense_train(train, device):
-    """The binary training matrix X as a dense float32 tensor (users x items)."""
-    x = sp.coo_matrix(train)
-    out = torch.zeros(x.shape, device=device)
-    out[torch.as_tensor(x.row, dtype=torch.int64, device=device),
-        torch.as_tensor(x.col, dtype=torch.int64, device=device)] = 1.0
-    return out
+def train_product(train, weights):
+    """X W: the binary training matrix X (users x items, sparse) times an items x items matrix W (dense),
+    as a dense users x items tensor on W's device. The sparse product costs 2 nnz(X) n_items."""
+    x = to_torch_csr(sp.csr_matrix(train, dtype=np.float32).sign()).to(weights.device)
+    return sparse_dense(x, weights)
 
 
 def truncate(scores, rank):
@@ -130,16 +131,15 @@ def choose(train, user, item, val_eval, metric, widths, depths, propagate, log=p
     score_starts((0.0, 0.0), graph)
     lam, ease = None, None
     if lambdas:
-        x = dense_train(train, user.device)
         gram_matrix = gram(train, torch.float32).to(user.device)   # lambda >= 10 keeps it well conditioned
         ease_val = {}
         for value in lambdas:
-            scores = x @ ease_weights(gram_matrix, value)
+            scores = train_product(train, ease_weights(gram_matrix, value))
             ease_val[value] = round(val_eval(lambda users: scores[users].clone())[metric], 8)
             if lam is None or ease_val[value] > ease_val[lam]:
                 lam, ease = value, scores
             del scores
-        del gram_matrix, x
+        del gram_matrix
         for weight in (w for w in weights if w):
             score_starts((lam, weight), _blend(weight, lam, graph, ease).full_scores(graph))
     best_at = {w: max((v, k) for k, v in grid.items() if k[2] == w) for w in widths}
