@@ -2,7 +2,7 @@
 project's layout, selected on validation only, in the same table as bench/baselines.py.
 
     python -m bench.peers --dataset movielens-temporal --mmrec ../mmrec [--data_path data]
-        [--models FREEDOM DRAGON LightGCN] [--vision genre --text text] [--out DIR]
+        [--models FREEDOM DRAGON LightGCN] [--seeds 999 1 2] [--vision genre --text text] [--out DIR]
 
 MMRec is a measuring instrument, never a dependency: this module converts the data and starts
 ``bench/mmrec_runner.py`` with the checkout's python (``PATH/.venv/bin/python`` when it exists) in a
@@ -16,8 +16,9 @@ interaction; items keep their ids, so the feature rows stay aligned.
 MMRec masks only training items when it ranks (validation items stay candidates at test): compare
 with the project's ``--no_exclude_val`` numbers. MMRec also drops held-out users without training
 items. Each model gets one value per hyper-parameter (``PEER_SETTINGS``, chosen on validation),
-1,000 epochs and a patience of 20 validations; a run that reached its cap while still improving is
-marked "capped": a lower bound, not a result.
+1,000 epochs and a patience of 20 validations, once per seed of ``--seeds`` (default MMRec's own,
+999); several seeds give mean ± sd. A run that reached its cap while still improving is marked
+"capped": a lower bound, not a result.
 """
 import argparse
 import json
@@ -31,7 +32,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.baselines import baseline_table  # noqa: E402
+from bench.baselines import baseline_table, mean_sd  # noqa: E402
+from bench.freedom import choose_modalities  # noqa: E402,F401  (MMRec's two feature slots)
 from utility.errors import UserError  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
 
@@ -42,26 +44,11 @@ PEER_SETTINGS = {   # one value per hyper-parameter, picked on validation
     "LightGCN": {"n_layers": 3, "reg_weight": 0.0001},
 }
 EPOCHS, STOPPING_STEP = 1000, 20
+MMREC_SEED = 999   # MMRec's own default seed
 SPLIT_LABELS = {"train": 0, "val": 1, "test": 2}
 
 
 # ---------------------------------------------------------------- conversion
-
-def choose_modalities(modalities, vision, text):
-    """(vision, text): MMRec's two feature slots. Defaults: 'image' and 'text' where present, else the
-    dataset's modalities in name order."""
-    names = sorted(modalities)
-    if vision is None:
-        vision = "image" if "image" in names else next((m for m in names if m != text), None)
-    if text is None:
-        text = "text" if "text" in names and vision != "text" else next((m for m in names if m != vision), None)
-    for flag, name in (("--vision", vision), ("--text", text)):
-        if name not in names:
-            raise UserError(f"{flag} {name}: not a modality of the dataset (it has {', '.join(names)})")
-    if vision == text:
-        raise UserError(f"--vision and --text are both {vision}; MMRec takes two different modalities")
-    return vision, text
-
 
 def interactions(ds):
     """(users, items, labels) of every interaction, users renumbered over those with any interaction;
@@ -112,9 +99,10 @@ def mmrec_python(mmrec):
     return venv if os.path.exists(venv) else sys.executable
 
 
-def runner_command(python, model, dataset, out_json, settings, epochs=EPOCHS, stopping_step=STOPPING_STEP):
+def runner_command(python, model, dataset, out_json, settings, epochs=EPOCHS, stopping_step=STOPPING_STEP,
+                   seed=MMREC_SEED):
     cmd = [python, RUNNER, "--model", model, "--dataset", dataset, "--epochs", str(epochs),
-           "--stopping_step", str(stopping_step), "--threads", "1", "--out", out_json]
+           "--stopping_step", str(stopping_step), "--seed", str(seed), "--threads", "1", "--out", out_json]
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value!r}"]
     return cmd
@@ -146,12 +134,13 @@ def user_graph(mmrec, python, name, data_folder):
                         f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
 
 
-def run_peer(mmrec, python, model, name, out):
-    """One model in a subprocess (log: OUT/<model>-<name>.log); its table row."""
-    out_json = os.path.join(out, f"{model}-{name}.json")
+def run_peer(mmrec, python, model, name, out, seed=MMREC_SEED):
+    """One model and seed in a subprocess (log: OUT/<model>-<name>[-seed<seed>].log); its table row."""
+    stem = f"{model}-{name}" + ("" if seed == MMREC_SEED else f"-seed{seed}")
+    out_json = os.path.join(out, f"{stem}.json")
     start = time.time()
-    with open(os.path.join(out, f"{model}-{name}.log"), "w") as log:
-        proc = subprocess.run(runner_command(python, model, name, out_json, PEER_SETTINGS.get(model, {})),
+    with open(os.path.join(out, f"{stem}.log"), "w") as log:
+        proc = subprocess.run(runner_command(python, model, name, out_json, PEER_SETTINGS.get(model, {}), seed=seed),
                               cwd=os.path.join(mmrec, "src"), env=dict(os.environ, OMP_NUM_THREADS="1"),
                               stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
@@ -159,10 +148,21 @@ def run_peer(mmrec, python, model, name, out):
         return None
     with open(out_json) as f:
         row = peer_row(json.load(f))
-    print(f"{row['name']} on {name}: {row['note']}{' (capped)' if not row['converged'] else ''}, "
+    row["seed"] = seed
+    print(f"{row['name']} on {name}, seed {seed}: {row['note']}{' (capped)' if not row['converged'] else ''}, "
           f"val recall@20 {row['val']['recall@20']:.4f}, test recall@20 {row['test']['recall@20']:.4f}, "
           f"ndcg@20 {row['test']['ndcg@20']:.4f} ({time.time() - start:.0f} s)", flush=True)
     return row
+
+
+def over_seeds(rows):
+    """One table row from a model's rows of several seeds: mean ± sd of each metric, every seed's best
+    epoch, converged only when every seed is."""
+    if len(rows) == 1:
+        return rows[0]
+    return dict(name=rows[0]["name"], runs=rows, converged=all(r["converged"] for r in rows),
+                val=mean_sd([r["val"] for r in rows]), test=mean_sd([r["test"] for r in rows]),
+                note=f"{len(rows)} seeds, best epochs " + ", ".join(f"{r['best_epoch']} of {r['epochs_run']}" for r in rows))
 
 
 def build_parser():
@@ -171,6 +171,8 @@ def build_parser():
     p.add_argument("--data_path", default="data", help="folder that holds the dataset folders")
     p.add_argument("--mmrec", required=True, help="an MMRec checkout (with .venv/ for its python, if it has one)")
     p.add_argument("--models", nargs="+", default=["FREEDOM", "DRAGON", "LightGCN"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[MMREC_SEED],
+                   help="MMRec seeds: each model is trained once per seed, the table gives mean ± sd")
     p.add_argument("--vision", default=None, help="the modality in MMRec's vision slot")
     p.add_argument("--text", default=None, help="the modality in MMRec's text slot")
     p.add_argument("--out", default="peers-out", help="folder for the converted data, logs and JSON")
@@ -191,13 +193,18 @@ def run(args):
     python = mmrec_python(mmrec)
     if "DRAGON" in args.models:
         user_graph(mmrec, python, ds.name, data_folder)
-    rows = [row for row in (run_peer(mmrec, python, m, ds.name, out) for m in args.models) if row is not None]
+    rows, failed = [], 0
+    for model in args.models:
+        runs = [run_peer(mmrec, python, model, ds.name, out, seed) for seed in args.seeds]
+        failed += sum(r is None for r in runs)
+        if all(r is not None for r in runs):
+            rows.append(over_seeds(runs))
     if rows:
         print(f"{ds.name}: test with validation items as candidates (MMRec's protocol)")
         print(baseline_table(rows, "recall@20"))
         with open(os.path.join(out, f"peers-{ds.name}.json"), "w") as f:
             json.dump(dict(dataset=ds.name, vision=vision, text=text, peers=rows), f, indent=1)
-    return 0 if len(rows) == len(args.models) else 1
+    return 0 if not failed else 1
 
 
 def main(argv=None):

@@ -84,12 +84,27 @@ def test_a_run_that_reached_its_cap_is_capped_in_the_table():
     assert "recall@20" in table.splitlines()[0] and "0.3000" in table
 
 
+def test_seeds_make_one_row_of_means_that_is_capped_when_any_seed_is():
+    rows = [peers.peer_row(_record(scores, epochs=1000, stop_at=len(scores) - 1))
+            for scores in ([0.1, 0.3, 0.2], [0.2, 0.1, 0.1, 0.1])]
+    rows[0]["test"] = {"recall@20": 0.2, "ndcg@20": 0.1}
+    rows[1]["test"] = {"recall@20": 0.4, "ndcg@20": 0.3}
+    row = peers.over_seeds(rows)
+    assert row["test"]["recall@20"] == pytest.approx([0.3, 0.1414], abs=1e-4) and row["converged"]
+    assert row["note"] == "2 seeds, best epochs 2 of 3, 1 of 4"
+    assert peers.over_seeds(rows[:1]) is rows[0]
+    capped = peers.peer_row(_record([0.1, 0.2, 0.3], epochs=3))
+    assert not peers.over_seeds([rows[0], capped])["converged"]
+
+
 def test_runner_command_passes_one_value_per_setting():
     cmd = peers.runner_command("py", "FREEDOM", "tiny", "o.json", peers.PEER_SETTINGS["FREEDOM"])
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert sets == ["dropout=0.9", "reg_weight=0.001"]
     assert cmd[cmd.index("--epochs") + 1] == "1000" and cmd[cmd.index("--stopping_step") + 1] == "20"
-    assert cmd[cmd.index("--threads") + 1] == "1"
+    assert cmd[cmd.index("--threads") + 1] == "1" and cmd[cmd.index("--seed") + 1] == "999"
+    other = peers.runner_command("py", "FREEDOM", "tiny", "o.json", {}, seed=7)
+    assert other[other.index("--seed") + 1] == "7"
     assert [mmrec_runner.parse_value(s.split("=", 1)[1]) for s in sets] == [0.9, 0.001]
 
 
