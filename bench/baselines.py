@@ -1,9 +1,9 @@
-"""The strongest simple baselines, measured under the project's own protocol: MostPop, EASE, ItemKNN
-and LightGCN run to convergence.
+"""The strongest baselines, measured under the project's own protocol: MostPop, EASE, ItemKNN, and
+LightGCN, FREEDOM and DRAGON run to convergence.
 
     python -m bench.baselines --dataset tiktok --data_path data [--no_exclude_val] [--topk 10 20 40 50]
-        [--seeds 2024 1 2] [--threads 1] [--models mostpop ease itemknn lightgcn] [--out FILE.json]
-        [--versus RUN_DIR ...]
+        [--seeds 2024 1 2] [--threads 1] [--models mostpop ease itemknn lightgcn freedom dragon]
+        [--out FILE.json] [--versus RUN_DIR ...]
 
 Every baseline is scored by :class:`utility.evaluate.RankingEvaluator`, exactly as a run is: full
 ranking, a user's training items excluded, at test time the validation items too unless
@@ -11,6 +11,8 @@ ranking, a user's training items excluded, at test time the validation items too
 (Recall@20) from a grid; the test split is evaluated once, for the chosen value. LightGCN is the
 project's teacher with its modality branch and prompts off, run by ``main.py`` in a subprocess per
 seed with a long epoch cap and patience; a seed that ended at the cap is a lower bound ("capped").
+FREEDOM and DRAGON (bench/mm_peers.py) train in this process, one run per seed, on the two
+modalities ``--vision`` and ``--text``, each to early stopping on validation.
 ``--versus RUN_DIR ...`` (one finished run per seed) sets their students against each closed-form
 baseline on the same test users; a run that masked validation items otherwise than this command (a
 default run under ``--no_exclude_val``, MMRec's protocol) has its student scored again.
@@ -32,14 +34,14 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.freedom import FreedomConfig, choose_modalities, train_freedom  # noqa: E402
+from bench.mm_peers import PEERS, choose_modalities, train_peer  # noqa: E402
 from utility.errors import UserError  # noqa: E402
 from utility.evaluate import RankingEvaluator  # noqa: E402
 from utility.item_item import ease_weights, gram  # noqa: E402,F401  (EASE is the library's item-item teacher)
 from utility.load_data import load_dataset  # noqa: E402
 from utility.run_io import write_json  # noqa: E402
 
-MODELS = ("mostpop", "ease", "itemknn", "lightgcn", "freedom")
+MODELS = ("mostpop", "ease", "itemknn", "lightgcn", "freedom", "dragon")
 EASE_LAMBDAS = (1, 10, 50, 100, 200, 500, 1000, 2000, 5000)
 KNN_KS = (10, 20, 50, 100, 200, 500)
 KNN_SHRINKS = (0, 10, 100, 1000)
@@ -248,24 +250,24 @@ def run_lightgcn(args):
                 val=mean_sd([r["val"] for r in runs]), test=mean_sd([r["test"] for r in runs]))
 
 
-# ---------------------------------------------------------------- FREEDOM in the harness
+# ---------------------------------------------------------------- FREEDOM and DRAGON in the harness
 
-def run_freedom(args, ds, val_eval, test_eval):
-    """bench/freedom.py's FREEDOM, one run per seed under this command's protocol."""
+def run_mm_peer(name, args, ds, val_eval, test_eval):
+    """bench/mm_peers.py's FREEDOM or DRAGON, one run per seed under this command's protocol."""
     vision, text = choose_modalities(ds.modality_feats, args.vision, args.text)
-    cfg = FreedomConfig(epochs=args.freedom_epochs, patience=args.freedom_patience)
+    cfg = PEERS[name][1](epochs=args.peer_epochs, patience=args.peer_patience)
     runs = []
     for seed in args.seeds:
-        bar = tqdm(total=cfg.epochs, desc=f"FREEDOM seed {seed}", unit="epoch", leave=False)
-        run = train_freedom(ds, vision, text, cfg, val_eval, test_eval, args.valid_metric, seed,
-                            log=lambda line: bar.update(1))
+        bar = tqdm(total=cfg.epochs, desc=f"{name} seed {seed}", unit="epoch", leave=False)
+        run = train_peer(name, ds, vision, text, cfg, val_eval, test_eval, args.valid_metric, seed,
+                         log=lambda line: bar.update(1))
         bar.close()
         run["converged"] = converged(run["best_epoch"], run["epochs_run"], cfg.patience, cfg.epochs)
-        print(f"FREEDOM seed {seed} ({vision}, {text}): best epoch {run['best_epoch']} of {run['epochs_run']}"
+        print(f"{name} seed {seed} ({vision}, {text}): best epoch {run['best_epoch']} of {run['epochs_run']}"
               f"{'' if run['converged'] else ' (capped)'}, val {args.valid_metric} {run['val'][args.valid_metric]:.4f}, "
               f"test recall@20 {run['test'].get('recall@20', float('nan')):.4f} ({run['seconds']:.0f} s)", flush=True)
         runs.append(run)
-    return dict(name="FREEDOM", runs=runs, converged=all(r["converged"] for r in runs),
+    return dict(name=name, runs=runs, converged=all(r["converged"] for r in runs),
                 val=mean_sd([r["val"] for r in runs]), test=mean_sd([r["test"] for r in runs]))
 
 
@@ -315,14 +317,15 @@ def build_parser():
     p.add_argument("--knn_ks", type=int, nargs="+", default=list(KNN_KS))
     p.add_argument("--knn_shrinks", type=float, nargs="+", default=list(KNN_SHRINKS),
                    help="ItemKNN similarity shrink terms (0: cosine), searched jointly with --knn_ks")
-    p.add_argument("--seeds", type=int, nargs="+", default=[2024, 1, 2], help="LightGCN's and FREEDOM's seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[2024, 1, 2], help="LightGCN's, FREEDOM's and DRAGON's seeds")
     p.add_argument("--lightgcn_epochs", type=int, default=1000, help="LightGCN's epoch cap")
     p.add_argument("--lightgcn_patience", type=int, default=50, help="LightGCN's early-stopping patience (epochs)")
-    p.add_argument("--freedom_epochs", type=int, default=1000, help="FREEDOM's epoch cap")
-    p.add_argument("--freedom_patience", type=int, default=20, help="FREEDOM's early-stopping patience (epochs)")
-    p.add_argument("--vision", default=None, help="FREEDOM's first modality, weight 0.1 in its item graph "
-                                                  "(default: image, else the first by name)")
-    p.add_argument("--text", default=None, help="FREEDOM's second modality (default: text, else the next by name)")
+    p.add_argument("--peer_epochs", type=int, default=1000, help="FREEDOM's and DRAGON's epoch cap")
+    p.add_argument("--peer_patience", type=int, default=20,
+                   help="FREEDOM's and DRAGON's early-stopping patience (epochs without a gain at 4 decimals)")
+    p.add_argument("--vision", default=None, help="FREEDOM's and DRAGON's first modality, weight 0.1 in their item "
+                                                  "graph (default: image, else the first by name)")
+    p.add_argument("--text", default=None, help="their second modality (default: text, else the next by name)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--versus", nargs="+", default=None, metavar="RUN_DIR",
                    help="finished runs on this dataset, one per seed: their students against each closed-form "
@@ -339,8 +342,8 @@ def check_args(args, n_items):
                         f"one of --topk {args.topk}")
     if min(args.topk) < 1 or min(args.knn_ks) < 1 or min(args.ease_lambdas) <= 0 or min(args.knn_shrinks) < 0:
         raise UserError("--topk and --knn_ks must be at least 1, --ease_lambdas positive, --knn_shrinks not negative")
-    if args.freedom_epochs < 1 or args.freedom_patience < 1:
-        raise UserError("--freedom_epochs and --freedom_patience must be at least 1")
+    if args.peer_epochs < 1 or args.peer_patience < 1:
+        raise UserError("--peer_epochs and --peer_patience must be at least 1")
     if "ease" in args.models and n_items > args.ease_max_items:
         raise UserError(f"EASE on {n_items} items needs 3 x {n_items}^2 x 8 bytes = "
                         f"{3 * n_items ** 2 * 8 / 2 ** 30:.1f} GiB; above --ease_max_items {args.ease_max_items} "
@@ -390,11 +393,13 @@ def run(args):
             per_user_scores["ItemKNN"] = item_item_scores(ds.train, knn_weights(*neighbours[shrink], k))
     if "lightgcn" in args.models:
         rows.append(run_lightgcn(args))
-    if "freedom" in args.models:
+    for name in ("FREEDOM", "DRAGON"):
+        if name.lower() not in args.models:
+            continue
         if len(ds.modality_feats) < 2:
-            print(f"FREEDOM: skipped, {args.dataset} has {len(ds.modality_feats)} modality (it takes two)")
+            print(f"{name}: skipped, {args.dataset} has {len(ds.modality_feats)} modality (it takes two)")
         else:
-            rows.append(run_freedom(args, ds, val_eval, test_eval))
+            rows.append(run_mm_peer(name, args, ds, val_eval, test_eval))
     print(f"{args.dataset}: test {'without' if args.exclude_val else 'with'} validation items as candidates")
     print(baseline_table(rows, args.valid_metric))
     comparisons = None
