@@ -255,7 +255,8 @@ def run_lightgcn(args):
 def run_mm_peer(name, args, ds, val_eval, test_eval):
     """bench/mm_peers.py's FREEDOM or DRAGON, one run per seed under this command's protocol."""
     vision, text = choose_modalities(ds.modality_feats, args.vision, args.text)
-    cfg = PEERS[name][1](epochs=args.peer_epochs, patience=args.peer_patience)
+    cfg = PEERS[name][1](epochs=args.peer_epochs, patience=args.peer_patience,
+                         negatives_from_train=args.peer_negatives == "train")
     runs = []
     for seed in args.seeds:
         bar = tqdm(total=cfg.epochs, desc=f"{name} seed {seed}", unit="epoch", leave=False)
@@ -323,6 +324,9 @@ def build_parser():
     p.add_argument("--peer_epochs", type=int, default=1000, help="FREEDOM's and DRAGON's epoch cap")
     p.add_argument("--peer_patience", type=int, default=20,
                    help="FREEDOM's and DRAGON's early-stopping patience (epochs without a gain at 4 decimals)")
+    p.add_argument("--peer_negatives", choices=("all", "train"), default="all",
+                   help="FREEDOM's and DRAGON's negatives: among all items (as the teacher and the student) or "
+                        "among the items with training interactions only (as MMRec)")
     p.add_argument("--vision", default=None, help="FREEDOM's and DRAGON's first modality, weight 0.1 in their item "
                                                   "graph (default: image, else the first by name)")
     p.add_argument("--text", default=None, help="their second modality (default: text, else the next by name)")

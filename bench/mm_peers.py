@@ -30,8 +30,10 @@ DRAGON:
 - Loss: BPR in base-2 logarithms plus ``reg_weight`` times the mean square of the batch users'
   preference vectors and of the fusion weights.
 
-Both: one uniform negative per positive, batches of 2,048, Adam at 1e-3, validation Recall@20 after
-every epoch (compared at 4 decimals), the best epoch's representations tested once.
+Both: one uniform negative per positive, drawn by the harness's sampler among all items as for the
+teacher and the student (``negatives_from_train=True``: among the items with training interactions
+only, as the toolbox draws them), batches of 2,048, Adam at 1e-3, validation Recall@20 after every
+epoch (compared at 4 decimals), the best epoch's representations tested once.
 """
 import math
 import os
@@ -83,6 +85,7 @@ class FreedomConfig:
     batch_size: int = 2048
     epochs: int = 1000
     patience: int = 20             # validations without a strict gain (4 decimals) before stopping
+    negatives_from_train: bool = False  # True: negatives among the items with training interactions (MMRec's)
 
 
 @dataclass
@@ -98,6 +101,7 @@ class DragonConfig:
     batch_size: int = 2048
     epochs: int = 1000
     patience: int = 20
+    negatives_from_train: bool = False
 
 
 # ---------------------------------------------------------------- graphs
@@ -288,7 +292,7 @@ def train_peer(name, ds, vision, text, cfg, val_eval, test_eval, metric="recall@
     rng = np.random.default_rng(seed)
     model = PEERS[name][0](ds, vision, text, cfg, device).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sampler = TripleSampler(ds.train, seed)
+    sampler = TripleSampler(ds.train, seed, cfg.negatives_from_train)
     stopper, best, epoch = EarlyStopping(cfg.patience), None, 0
     for epoch in range(1, cfg.epochs + 1):
         model.start_epoch(rng)

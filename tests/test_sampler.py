@@ -138,3 +138,16 @@ def test_item_zero_can_be_a_negative_and_one_negative_by_default():
     assert draws.shape == (2000, 1)
     assert set(draws.ravel().tolist()) == {0, 1}
     assert (draws == 0).mean() == pytest.approx(0.5, abs=0.05)     # uniform over {0, 1}
+
+
+def test_negatives_from_train_never_draw_an_item_without_training_interactions():
+    dense = np.zeros((6, 10), dtype=np.float32)
+    dense[np.arange(6), np.arange(6)] = 1.0                     # items 6..9: no training interaction
+    dense[0, 1] = 1.0
+    everything = TripleSampler(sp.csr_matrix(dense), seed=0).negatives(np.arange(6).repeat(200))
+    assert (everything >= 6).any()                              # the default draws among all items
+    sampler = TripleSampler(sp.csr_matrix(dense), seed=0, negatives_from_train=True)
+    users, pos, neg, _ = sampler.epoch()
+    assert neg.max() < 6 and not dense[users, neg].any()
+    negs = sampler.negatives(np.zeros(500, dtype=np.int32))
+    assert set(np.unique(negs)) == {2, 3, 4, 5}                 # user 0 has items 0 and 1

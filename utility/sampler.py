@@ -10,11 +10,14 @@ class TripleSampler:
     Negatives are drawn in blocks of rows and the few that hit a training item are redrawn;
     membership is tested by binary search in the sorted user * n_items + item keys. Epoch arrays
     are int32 and the blocks keep the temporary memory small whatever the dataset size.
+
+    ``negatives_from_train=True`` draws negatives only among the items with a training interaction
+    (as MMRec's samplers do), so items nobody has interacted with in training are never pushed down.
     """
 
     BLOCK = 1 << 18   # sampled entries per membership test
 
-    def __init__(self, train, seed):
+    def __init__(self, train, seed, negatives_from_train=False):
         train = sp.csr_matrix(train, copy=True)   # a copy: sorting in place would reorder the caller's arrays
         train.sum_duplicates()                      # sorted indices, each interaction once
         self.n_users, self.n_items = train.shape
@@ -23,7 +26,9 @@ class TripleSampler:
         # sorted: CSR rows in order, columns sorted within rows
         self.keys = self.users.astype(np.int64) * self.n_items + self.items
         self.rng = np.random.default_rng(seed)
-        full = np.diff(train.indptr) >= self.n_items
+        # the items negatives are drawn from (None: every item)
+        self.pool = np.unique(self.items).astype(np.int32) if negatives_from_train else None
+        full = np.diff(train.indptr) >= (self.n_items if self.pool is None else self.pool.size)
         if full[self.users].any():
             raise ValueError("a user has interacted with every item: no negative can be sampled")
 
@@ -39,16 +44,21 @@ class TripleSampler:
         np.minimum(pos, self.keys.size - 1, out=pos)
         return self.keys[pos] == keys
 
+    def _draw(self, size):
+        if self.pool is None:
+            return self.rng.integers(0, self.n_items, size=size, dtype=np.int32)
+        return self.pool[self.rng.integers(0, self.pool.size, size=size)]
+
     def negatives(self, users, k=1):
         """(len(users), k) int32 items that none of the users has in training."""
-        out = self.rng.integers(0, self.n_items, size=(len(users), k), dtype=np.int32)
+        out = self._draw((len(users), k))
         rows_per_block = max(1, self.BLOCK // k)
         for start in range(0, len(users), rows_per_block):
             rows = np.repeat(users[start:start + rows_per_block], k)
             items = out[start:start + rows_per_block].reshape(-1)       # a view into ``out``
             bad = np.flatnonzero(self._is_positive(rows, items))
             while bad.size:
-                items[bad] = self.rng.integers(0, self.n_items, size=bad.size, dtype=np.int32)
+                items[bad] = self._draw(bad.size)
                 bad = bad[self._is_positive(rows[bad], items[bad])]
         return out
 
