@@ -54,6 +54,7 @@ from utility.errors import UserError  # noqa: E402
 from utility.graph import knn_neighbours, sym_norm_blocks, to_torch_csr  # noqa: E402
 from utility.losses import bpr_loss  # noqa: E402
 from utility.sampler import TripleSampler  # noqa: E402
+from utility.sparse_ops import spmm  # noqa: E402
 from utility.training import EarlyStopping  # noqa: E402
 
 
@@ -178,6 +179,18 @@ def neighbour_weights(counts, degree):
     return weights
 
 
+def user_graph_matrix(neighbours, weights):
+    """The user-user graph as a scipy CSR matrix: row a holds each neighbour's weight (a neighbour
+    repeated by the padding holds the sum of its copies)."""
+    n, k = neighbours.shape
+    rows = np.repeat(np.arange(n), k)
+    graph = sp.csr_matrix((np.asarray(weights, dtype=np.float64).reshape(-1), (rows, neighbours.reshape(-1))),
+                          shape=(n, n))
+    graph.sum_duplicates()
+    graph.eliminate_zeros()
+    return graph.astype(np.float32)
+
+
 # ---------------------------------------------------------------- the models
 
 class Freedom(nn.Module):
@@ -250,8 +263,8 @@ class Dragon(nn.Module):
     def start_epoch(self, rng):
         """Pad the user-user graph's short rows afresh."""
         neighbours, counts = pad_neighbours(self.neighbours, self.counts, self.degree, rng)
-        self.user_graph = (torch.as_tensor(neighbours, device=self.device),
-                           neighbour_weights(counts, self.degree).to(self.device))
+        graph = user_graph_matrix(neighbours, neighbour_weights(counts, self.degree).numpy())
+        self.user_graph = (to_torch_csr(graph).to(self.device), to_torch_csr(graph.T).to(self.device))
 
     def forward(self):
         users, items = [], []
@@ -262,8 +275,7 @@ class Dragon(nn.Module):
             users.append(self.alpha[:, index:index + 1] * user * scale)
             items.append(item * scale)
         user, item = torch.cat(users, dim=1), torch.cat(items, dim=1)
-        neighbours, weights = self.user_graph
-        user = user + (weights[..., None] * user[neighbours]).sum(1)
+        user = user + spmm(*self.user_graph, user)
         return user, item + torch.sparse.mm(self.item_graph, item)
 
     def loss(self, u, i, j):

@@ -108,10 +108,16 @@ def test_dragon_fuses_the_modalities_then_adds_the_item_and_user_graphs():
     fused_u, fused_i = torch.cat(halves_u, 1), torch.cat(halves_i, 1)
     graph = torch.as_tensor(fr.item_item_graph(ds.modality_feats["image"], ds.modality_feats["text"], 3, 0.1).toarray())
     assert torch.allclose(item, fused_i + graph @ fused_i, atol=1e-5)
-    neighbours, weights = model.user_graph
-    dense = torch.zeros(30, 30).index_put_((torch.arange(30)[:, None].expand(-1, 4), neighbours), weights,
-                                           accumulate=True)
+    dense = torch.as_tensor(model.user_graph[0].to_dense())
+    assert torch.allclose(dense.sum(1)[torch.as_tensor(model.degree > 0)], torch.tensor(1.0))   # softmax rows
     assert torch.allclose(user, fused_u + dense @ fused_u, atol=1e-5)
+
+
+def test_the_user_graph_sums_a_padded_neighbours_copies():
+    neighbours = np.array([[1, 2, 1], [0, 0, 0], [0, 1, 0]])
+    weights = np.array([[0.5, 0.3, 0.2], [0.0, 0.0, 0.0], [0.2, 0.2, 0.6]])
+    graph = fr.user_graph_matrix(neighbours, weights).toarray()
+    np.testing.assert_allclose(graph, [[0, 0.7, 0.3], [0, 0, 0], [0.8, 0.2, 0]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["FREEDOM", "DRAGON"])
