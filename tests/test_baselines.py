@@ -205,6 +205,22 @@ def test_command_line_on_tiny_data_prints_the_table_and_writes_json(tiny_json, t
     assert result["exclude_val"] is True and set(rows["EASE"]["test"]) >= {"recall@20", "ndcg@20"}
 
 
+def test_the_multi_modal_peers_train_per_seed_and_report_each_run(tiny_json, tmp_path, capsys):
+    out = str(tmp_path / "p.json")
+    assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "freedom", "dragon",
+                    "--seeds", "1", "2", "--peer_epochs", "3", "--peer_patience", "5", "--threads", "1",
+                    "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "FREEDOM seed 2 (image, text)" in printed and "DRAGON (capped)" in printed   # 3 epochs: capped
+    with open(out) as f:
+        rows = {r["name"]: r for r in json.load(f)["baselines"]}
+    assert [r["seed"] for r in rows["DRAGON"]["runs"]] == [1, 2] and rows["FREEDOM"]["runs"][0]["epochs_run"] == 3
+    assert rows["FREEDOM"]["test"]["recall@20"][0] == np.mean([r["test"]["recall@20"] for r in rows["FREEDOM"]["runs"]])
+    assert bl.main(["--dataset", "tiny", "--data_path", os.path.dirname(tiny_json), "--models", "freedom",
+                    "--vision", "audio"]) == 2
+    assert "--vision audio" in capsys.readouterr().err
+
+
 def test_bad_input_is_a_one_line_error_and_writes_nothing(tiny_json, tmp_path, capsys):
     out = str(tmp_path / "b.json")
     assert bl.main(["--dataset", "missing", "--data_path", str(tmp_path), "--out", out]) == 2
