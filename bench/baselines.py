@@ -371,6 +371,8 @@ def run(args):
         torch.set_num_threads(args.threads)
     ds = load_dataset(os.path.join(args.data_path, args.dataset), name=args.dataset)
     check_args(args, ds.n_items)
+    if {"freedom", "dragon"} & set(args.models) and len(ds.modality_feats) >= 2:
+        choose_modalities(ds.modality_feats, args.vision, args.text)   # a bad --vision / --text before any training
     print(ds.summary(), flush=True)
     val_eval, test_eval = make_evaluators(ds, args.topk, args.exclude_val)
     rows, per_user_scores = [], {}   # the chosen closed-form baselines' scores, for --versus

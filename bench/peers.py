@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.baselines import baseline_table, mean_sd  # noqa: E402
-from bench.mm_peers import choose_modalities  # noqa: E402,F401  (MMRec's two feature slots)
+from bench.mm_peers import choose_modalities  # noqa: E402
 from utility.errors import UserError  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
 
