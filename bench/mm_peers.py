@@ -75,13 +75,13 @@ def choose_modalities(modalities, vision, text):
 
 
 @dataclass
-class FreedomConfig:
-    embed_size: int = 64
+class PeerConfig:
+    """What FREEDOM and DRAGON share: the item-item graph, the training loop and its stopping."""
+    embed_size: int = 64           # DRAGON: per modality, so its fused representations are twice as wide
     knn_k: int = 10
     vision_weight: float = 0.1
     ui_layers: int = 2
-    dropout: float = 0.9           # fraction of training edges removed each epoch
-    reg_weight: float = 1e-3       # weight of the two modality BPR terms
+    reg_weight: float = 1e-3       # FREEDOM: the two modality BPR terms; DRAGON: the L2 penalty
     lr: float = 1e-3
     batch_size: int = 2048
     epochs: int = 1000
@@ -90,19 +90,14 @@ class FreedomConfig:
 
 
 @dataclass
-class DragonConfig:
-    embed_size: int = 64           # per modality: the fused representations are twice as wide
+class FreedomConfig(PeerConfig):
+    dropout: float = 0.9           # fraction of training edges removed each epoch
+
+
+@dataclass
+class DragonConfig(PeerConfig):
     hidden: int = 256              # the item feature network's hidden width
-    knn_k: int = 10
-    vision_weight: float = 0.1
-    ui_layers: int = 2
     user_k: int = 40               # neighbours in the user-user graph
-    reg_weight: float = 1e-3
-    lr: float = 1e-3
-    batch_size: int = 2048
-    epochs: int = 1000
-    patience: int = 20
-    negatives_from_train: bool = False
 
 
 # ---------------------------------------------------------------- graphs
