@@ -573,8 +573,9 @@ def item_cold_split(train, val, test, fraction: float = COLD_FRACTION, seed: int
             columns(test, warm) + columns(everything, test_cold), {"val": val_cold, "test": test_cold})
 
 
-def _write_item_cold(src: Path, folder: Path, fraction: float, seed: int, parameters: dict) -> dict:
-    """The item-cold copy of dataset folder ``src`` in ``folder``, in ``src``'s layout."""
+def _write_item_cold(src: Path, folder: Path, out_name: str, fraction: float, seed: int, parameters: dict) -> dict:
+    """The item-cold copy of dataset folder ``src`` in ``folder`` (published later as ``out_name``), in
+    ``src``'s layout."""
     import pickle
 
     from utility.load_data import JSON_FILES, PICKLE_FILES, load_dataset
@@ -602,7 +603,7 @@ def _write_item_cold(src: Path, folder: Path, fraction: float, seed: int, parame
     except (OSError, ValueError):
         meta = {}
     meta = meta if isinstance(meta, dict) else {}
-    meta.update(dataset=folder.name, n_train=int(train.nnz), n_val=int(val.nnz), n_test=int(test.nnz),
+    meta.update(dataset=out_name, n_train=int(train.nnz), n_val=int(val.nnz), n_test=int(test.nnz),
                 n_val_cold_items=int(cold["val"].size), n_test_cold_items=int(cold["test"].size),
                 item_cold=parameters)
     with open(folder / "meta.json", "w") as f:   # last: its presence marks a complete copy
@@ -643,7 +644,7 @@ def write_item_cold_copy(src, out, fraction: float = COLD_FRACTION, seed: int = 
     staging_dir = out.parent / f".{out.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging_dir.mkdir()
     try:
-        meta = _write_item_cold(src, staging_dir, fraction, seed, parameters)
+        meta = _write_item_cold(src, staging_dir, out.name, fraction, seed, parameters)
         _publish(staging_dir, out)
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)

@@ -76,6 +76,8 @@ def test_item_cold_copy_keeps_the_features_and_loads(tmp_path, tiny_json, tiny_p
                           np.sort(np.setdiff1d(items_without_training(after.train),
                                                items_without_training(before.train))))
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no staging folder left behind
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dataset"] == "cold"                    # the published name, not the staging folder's
 
 
 def test_item_cold_command_refuses_bad_input_with_one_line(tmp_path, tiny_json, capsys):
