@@ -12,6 +12,12 @@ mapper's epoch and score weight, the kNN aggregation, the blend's weight) is mad
 validation-cold items, the scale of the new items' scores among warm items on the whole validation
 split. Mean ± sd over seeds; each key comparison's relative difference with an interval over seeds
 and users (utility.stats.two_way_comparison; docs/cold-start.md).
+
+    python scripts/cold_start.py --combine runs/A/cold-start.json runs/B/cold-start.json ...
+
+puts the summaries of several item splits of one dataset together: the item split is then the
+replicate (which items are new varies with the draw), each comparison's relative difference is
+averaged over the splits, with a t interval over them (splits − 1 degrees of freedom).
 """
 import argparse
 import json
@@ -35,7 +41,7 @@ from utility.evaluate import RankingEvaluator, dot_scores  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
 from utility.recommend import Recommender, read_config  # noqa: E402
 from utility.run_io import write_json  # noqa: E402
-from utility.stats import summarise, two_way_comparison  # noqa: E402
+from utility.stats import seed_interval, summarise, two_way_comparison  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("recall@20", "ndcg@20")
@@ -190,9 +196,88 @@ def format_report(dataset, seeds, table, comparisons):
     return "\n".join(lines)
 
 
+def combine_splits(summaries, names):
+    """The summaries (cold-start.json contents) of several item splits, put together with the split as
+    the replicate: (table, comparisons). table: {ranking: {method: {metric: (mean, sd)}}} of the splits'
+    means; comparisons: per comparison of the first summary, its relative difference in every split,
+    their mean and sd, the t interval over splits and the verdict."""
+    if len(summaries) < 2:
+        raise UserError("--combine: give the summaries of at least two item splits")
+    first = summaries[0]
+    keys = [(c["ranking"], c["control"], c["treatment"], c["metric"]) for c in first["comparisons"]]
+    table = {}
+    for ranking, methods in first["table"].items():
+        table[ranking] = {}
+        for method, metrics in methods.items():
+            for summary, name in zip(summaries, names):
+                if method not in summary["table"].get(ranking, {}):
+                    raise UserError(f"{name}: no {ranking} result for {method!r}, which {names[0]} has")
+            table[ranking][method] = {metric: summarise([s["table"][ranking][method][metric][0] for s in summaries])
+                                      for metric in metrics}
+    comparisons = []
+    for key in keys:
+        per_split = []
+        for summary, name in zip(summaries, names):
+            match = [c for c in summary["comparisons"]
+                     if (c["ranking"], c["control"], c["treatment"], c["metric"]) == key]
+            if not match:
+                raise UserError(f"{name}: no comparison {key[2]!r} vs {key[1]!r} ({key[0]}, {key[3]}), "
+                                f"which {names[0]} has")
+            per_split.append(match[0]["rel_diff"])
+        row = dict(zip(("ranking", "control", "treatment", "metric"), key), per_split_rel_diff=per_split)
+        if any(x is None for x in per_split):
+            comparisons.append(dict(row, rel_diff=None, verdict="no relative difference in some split"))
+            continue
+        over = seed_interval(per_split)
+        lo, hi = over["interval"]
+        comparisons.append(dict(row, rel_diff=over["mean"], sd=over["sd"], interval=(lo, hi), df=over["n"] - 1,
+                                verdict="B above A" if lo > 0 else "B below A" if hi < 0 else
+                                "no measurable difference"))
+    return table, comparisons
+
+
+def format_combined(names, table, comparisons):
+    lines = [f"mean ± sd over {len(names)} item splits: " + " ".join(names)]
+    for ranking in table:
+        lines.append(f"\n{ranking}\n| method | Recall@20 | NDCG@20 |\n|---|---:|---:|")
+        for method, values in table[ranking].items():
+            lines.append(f"| {method} | " + " | ".join(f"{m:.4f} ± {sd:.4f}" for m, sd in values.values()) + " |")
+    lines.append("\ntreatment vs control: mean over splits of the relative difference, 95 % t interval over splits")
+    for c in comparisons:
+        head = f"  {c['ranking']}: {c['treatment']} vs {c['control']}, {c['metric']}: "
+        if c["rel_diff"] is None:
+            lines.append(head + c["verdict"])
+            continue
+        per_split = ", ".join(f"{x:+.1f}%" for x in c["per_split_rel_diff"])
+        lo, hi = c["interval"]
+        lines.append(head + f"{c['rel_diff']:+.1f}% [{lo:+.1f}, {hi:+.1f}]; per split {per_split}; {c['verdict']}")
+    return "\n".join(lines)
+
+
+def combine_main(paths, out):
+    summaries = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                summary = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot be read as a cold-start summary ({e})") from None
+        if not isinstance(summary, dict) or not {"table", "comparisons"} <= set(summary):
+            raise UserError(f"{path}: not a cold-start summary (no 'table' and 'comparisons'; "
+                            f"scripts/cold_start.py --out writes one)")
+        summaries.append(summary)
+    names = [s.get("dataset") or os.path.basename(os.path.dirname(p)) for s, p in zip(summaries, paths)]
+    table, comparisons = combine_splits(summaries, names)
+    print(format_combined(names, table, comparisons))
+    if out:
+        write_json(dict(splits=names, table=table, comparisons=comparisons), out)
+        print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, help="an item-cold dataset folder under --data_path")
+    p.add_argument("--dataset", help="an item-cold dataset folder under --data_path")
     p.add_argument("--data_path", default="data")
     p.add_argument("--seeds", type=int, nargs="+", default=[2024, 1, 2])
     p.add_argument("--run_dirs", nargs="+", default=None,
@@ -203,8 +288,19 @@ def main(argv=None):
     p.add_argument("--serving_scales", type=float, nargs="+", default=[1.0, 0.5, 1.25, 1.5, 1.75, 2.0, 3.0],
                    help="scales of the mapper's vectors in a ranking with warm items; chosen on validation")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None, help="JSON summary (default: runs/<dataset>/cold-start.json)")
+    p.add_argument("--out", default=None, help="JSON summary (default: runs/<dataset>/cold-start.json; with "
+                                               "--combine none)")
+    p.add_argument("--combine", nargs="+", metavar="JSON", default=None,
+                   help="put the summaries of several item splits together (the split as the replicate)")
     args = p.parse_args(argv)
+    if args.combine:
+        try:
+            return combine_main(args.combine, args.out)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
+    if not args.dataset:
+        p.error("--dataset is required (or --combine)")
     if args.run_dirs is not None and len(args.run_dirs) != len(args.seeds):
         p.error(f"--run_dirs: {len(args.run_dirs)} folders for {len(args.seeds)} seeds")
     torch.set_num_threads(args.threads)

@@ -257,3 +257,42 @@ def test_the_script_on_a_tiny_item_cold_run(tmp_path, tiny_json):
         for method, values in result["table"][ranking].items():
             assert 0.0 <= values["recall@20"][0] <= 1.0, (ranking, method)
     assert result["runs"][0]["choices"]["knn"] in ("mean", "max")
+
+
+def _summary(dataset, kNN, mapper, rel_diff):
+    table = {"cold": {"content-kNN": {"recall@20": [kNN, 0.0]}, "mapper + student": {"recall@20": [mapper, 0.01]}}}
+    comparison = dict(ranking="cold", control="content-kNN", treatment="mapper + student", metric="recall@20",
+                      rel_diff=rel_diff)
+    return dict(dataset=dataset, table=table, comparisons=[comparison])
+
+
+def test_combining_item_splits_makes_the_split_the_replicate(tmp_path, capsys):
+    from scripts.cold_start import combine_splits, main as cold_start_main
+    from utility.errors import UserError
+    summaries = [_summary("a", 0.10, 0.12, 20.0), _summary("b", 0.08, 0.09, 15.0), _summary("c", 0.09, 0.093, 12.0)]
+    table, (row,) = combine_splits(summaries, ["a", "b", "c"])
+    assert table["cold"]["mapper + student"]["recall@20"][0] == pytest.approx(0.101)   # mean of the splits' means
+    assert table["cold"]["content-kNN"]["recall@20"][1] == pytest.approx(0.01)          # sd over the splits
+    assert row["rel_diff"] == pytest.approx(47 / 3) and row["per_split_rel_diff"] == [20.0, 15.0, 12.0]
+    half = 4.302653 * np.std([20.0, 15.0, 12.0], ddof=1) / np.sqrt(3)                  # t(0.975, 2 df)
+    assert row["interval"] == pytest.approx((47 / 3 - half, 47 / 3 + half)) and row["df"] == 2
+    assert row["verdict"] == "B above A"
+    _, (row,) = combine_splits([_summary("a", 0.1, 0.1, 20.0), _summary("b", 0.1, 0.1, -15.0)], ["a", "b"])
+    assert row["verdict"] == "no measurable difference"
+    with pytest.raises(UserError, match="at least two"):
+        combine_splits(summaries[:1], ["a"])
+    broken = _summary("b", 0.1, 0.1, 1.0)
+    broken["comparisons"][0]["control"] = "random"
+    with pytest.raises(UserError, match="^b: no comparison"):
+        combine_splits([summaries[0], broken], ["a", "b"])
+    paths = []
+    for s in summaries:
+        paths.append(tmp_path / f"{s['dataset']}.json")
+        paths[-1].write_text(json.dumps(s))
+    out = tmp_path / "all.json"
+    assert cold_start_main(["--combine", *map(str, paths), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["comparisons"][0]["rel_diff"] == pytest.approx(47 / 3)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert cold_start_main(["--combine", str(paths[0]), str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "bad.json: not a cold-start summary" in err and "\n" not in err
