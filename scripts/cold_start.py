@@ -32,10 +32,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utility.cold_start import (KS, ColdBlend, MapperConfig, cold_evaluator, cold_scores,  # noqa: E402
-                                content_features, content_knn_scores, evaluate_per_user, fit_mapper,
-                                items_without_training, masked_scores, popularity_tie_break_scores,
-                                random_scores, read_cold_items, score_ratio)
+from utility.cold_start import (KS, ColdBlend, cold_evaluator, cold_scores, content_knn_scores,  # noqa: E402
+                                evaluate_per_user, fit_serving_mapper, items_without_training, masked_scores,
+                                popularity_tie_break_scores, random_scores, read_cold_items, score_ratio)
 from utility.errors import UserError  # noqa: E402
 from utility.evaluate import RankingEvaluator, dot_scores  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
@@ -85,9 +84,8 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
     teacher_user, teacher_item, student_user, student_item = (teacher.user_emb, teacher.item_emb,
                                                               student.user_emb, student.item_emb)
     new_items = items_without_training(ds.train)
-    warm_items = np.setdiff1d(np.arange(ds.n_items), new_items)
-    active_users = np.flatnonzero(np.diff(ds.train.indptr) > 0)
-    content = torch.from_numpy(content_features(ds.modality_feats, warm_items)).to(device)
+    fitted = fit_serving_mapper(ds, student_user, student_item, seed, score_weights, serving_scales, device)
+    mapper, content = fitted.mapper, torch.from_numpy(fitted.scaler.transform(ds.modality_feats)).to(device)
     evals = {split: cold_evaluator(getattr(ds, split), cold[split], KS, device) for split in ("val", "test")}
     cold_content = {split: content[torch.as_tensor(cold[split], device=device)] for split in evals}
 
@@ -95,16 +93,9 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
         with torch.no_grad():
             return dot_scores(student_user, mapper(cold_content[split]))
 
-    fits = {}
-    for weight in score_weights:
-        cfg = MapperConfig(score_weight=weight, seed=seed)
-        mapper, epoch, history = fit_mapper(content, student_user, student_item, warm_items, active_users,
-                                            lambda m: evals["val"](mapper_score_fn(m, "val"))["recall@20"], cfg)
-        fits[weight] = dict(mapper=mapper, epoch=epoch, val=history[epoch - 1][2])
-        print(f"  mapper score weight {weight:g}: best epoch {epoch}, val recall@20 {fits[weight]['val']:.4f}",
-              flush=True)
-    weight = max(score_weights, key=lambda w: fits[w]["val"])
-    mapper = fits[weight]["mapper"]
+    print(f"  mapper: score weight {fitted.info['score_weight']:g} (val recall@20 "
+          + ", ".join(f"{w}: {v:.4f}" for w, v in fitted.info["val"].items())
+          + f"), best epoch {fitted.info['epoch']}; serving scale {fitted.scale:g}", flush=True)
     knn_val = {how: evals["val"](content_knn_scores(ds.train, content.cpu(), cold["val"], how))["recall@20"]
                for how in ("mean", "max")}
     how = max(knn_val, key=knn_val.get)
@@ -129,16 +120,14 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
     def served(chosen, scale):
         return chosen.mixed_scores(student_user, student_item, mapper, content, new_items, knn["new"], scale)
 
-    # the serving scales: on the mixed validation ranking (every item but the user's training items)
+    # the blend's serving scale, on the mixed validation ranking (every item but the user's training items)
     mixed_val = RankingEvaluator(ds.val, [ds.train], KS, device)
-    scale_val = {s: mixed_val(served(ColdBlend(0.0, ratio), s))["recall@20"] for s in serving_scales}
-    scale = max(serving_scales, key=scale_val.get)
     blend_scale_val = {s: mixed_val(served(blend, s))["recall@20"] for s in serving_scales}
     blend_scale = max(serving_scales, key=blend_scale_val.get)
     result = {"run_dir": run_dir, "seed": seed,
-              "choices": {"mapper_score_weight": weight, "mapper_epoch": fits[weight]["epoch"],
-                          "mapper_val": {str(w): f["val"] for w, f in fits.items()},
-                          "serving_scale": scale, "serving_scale_val": {str(s): v for s, v in scale_val.items()},
+              "choices": {"mapper_score_weight": fitted.info["score_weight"], "mapper_epoch": fitted.info["epoch"],
+                          "mapper_val": fitted.info["val"],
+                          "serving_scale": fitted.scale, "serving_scale_val": fitted.info["scale_val"],
                           "knn": how, "knn_val": knn_val,
                           "blend_weight": blend.weight, "blend_ratio": ratio,
                           "blend_val": {str(w): v for w, v in blend_val.items()}, "blend_scale": blend_scale,
@@ -147,7 +136,7 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
               "cold": {m: evaluate_per_user(evals["test"], fn, METRICS) for m, fn in cold_methods("test").items()}}
     mixed_eval = RankingEvaluator(ds.test, [ds.train, ds.val], KS, device)
     mixed = {BLEND: served(blend, blend_scale),
-             "mapper + student": served(ColdBlend(0.0, ratio), scale),
+             "mapper + student": served(ColdBlend(0.0, ratio), fitted.scale),
              "mapper + student, scale 1": served(ColdBlend(0.0, ratio), 1.0),
              "student, own rows for new items": dot_scores(student_user, student_item),
              "student, new items -inf": masked_scores(student_user, student_item, new_items),

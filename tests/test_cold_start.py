@@ -10,9 +10,10 @@ import scipy.sparse as sp
 import torch
 
 from data.prepare import DatasetBuildError, choose_cold_items, item_cold_split, main as prepare_main, write_item_cold_copy
-from utility.cold_start import (ColdBlend, MapperConfig, cold_evaluator, cold_scores, content_features,
-                                content_knn_scores, fit_mapper, items_without_training, mapper_loss, masked_scores,
-                                popularity_tie_break_scores, read_cold_items, score_ratio, serve_with_mapper)
+from utility.cold_start import (ColdBlend, MapperConfig, ServingMapper, cold_evaluator, cold_scores,
+                                content_features, content_knn_scores, fit_mapper, items_without_training, mapper_loss,
+                                masked_scores, popularity_tie_break_scores, read_cold_items, score_ratio,
+                                serve_with_mapper)
 from utility.errors import DataError
 from utility.load_data import load_dataset
 
@@ -257,6 +258,20 @@ def test_the_script_on_a_tiny_item_cold_run(tmp_path, tiny_json):
         for method, values in result["table"][ranking].items():
             assert 0.0 <= values["recall@20"][0] <= 1.0, (ranking, method)
     assert result["runs"][0]["choices"]["knn"] in ("mean", "max")
+    # the same mapper, fitted for serving: the run's new items get its vectors, warm items keep their rows
+    from utility.recommend import Recommender, main as recommend_main
+    assert recommend_main([run_dir, "--fit_mapper"]) == 0
+    fitted, _ = ServingMapper.load(os.path.join(run_dir, "mapper.pt"))
+    assert fitted.info["chosen_on"] == "validation-cold items"
+    assert fitted.info["epoch"] == result["runs"][0]["choices"]["mapper_epoch"]
+    plain, served = Recommender.load(run_dir), Recommender.load(run_dir, new_items=True)
+    ds = load_dataset(str(data))
+    new = items_without_training(ds.train)
+    warm = np.setdiff1d(np.arange(ds.n_items), new)
+    assert served.n_mapped == new.size > 0 and torch.equal(served.item_emb[warm], plain.item_emb[warm])
+    with torch.no_grad():
+        expected = fitted.scale * fitted.mapper(torch.from_numpy(content_features(ds.modality_feats, warm)[new]))
+    assert torch.allclose(served.item_emb[new], expected, atol=1e-6)
 
 
 def _summary(dataset, kNN, mapper, rel_diff):

@@ -264,6 +264,8 @@ def test_faiss_index_finds_the_exact_top_items(run_dir, tmp_path, kind):
     (["--all_users"], "--all_users needs --out"),
     (["--all_users", "--out", "lists.txt"], "--out lists.txt: expected a .csv or .parquet file"),
     (["--users", "0", "--faiss"], "--faiss goes with --export"),
+    (["--users", "0", "--add_items", "x"], "--add_items goes with --new_items"),
+    (["--users", "0", "--new_items", "--model", "teacher"], "are for the student"),
 ])
 def test_flag_combinations_that_make_no_sense_are_one_line_errors(run_dir, capsys, flags, message):
     assert recommend.main([run_dir, *flags]) == 2
@@ -294,3 +296,107 @@ def test_weights_that_do_not_fit_the_config_are_a_one_line_error(run_dir, tmp_pa
     (moved / "config.json").write_text("[1, 2]")
     assert recommend.main([str(moved), "--users", "0"]) == 2
     assert "config.json: not a run's config (not a JSON object)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- new items from the content mapper
+
+@pytest.fixture(scope="module")
+def mapped_run(run_dir, tmp_path_factory):
+    """A copy of the finished run with its content mapper fitted (``--fit_mapper``)."""
+    copy = tmp_path_factory.mktemp("mapped") / "run"
+    shutil.copytree(run_dir, copy)
+    assert recommend.main([str(copy), "--fit_mapper"]) == 0
+    return str(copy)
+
+
+def by_hand_content(feats, warm, rows):
+    """The mapper's input of ``rows``, written out: standardised with the warm items, / sqrt(width)."""
+    blocks = []
+    for name in sorted(feats):
+        x = np.asarray(feats[name], dtype=np.float64)
+        blocks.append((x[rows] - x[warm].mean(0)) / x[warm].std(0) / np.sqrt(x.shape[1]))
+    return torch.as_tensor(np.hstack(blocks), dtype=torch.float32)
+
+
+def test_the_mapper_is_chosen_on_held_out_items_it_never_fits(run_dir, dataset, monkeypatch):
+    from utility import cold_start
+    fitted_on = []
+    real_fit = cold_start.fit_mapper
+    monkeypatch.setattr(cold_start, "fit_mapper", lambda content, user, item, warm, *rest, **kw:
+                        fitted_on.append(np.asarray(warm)) or real_fit(content, user, item, warm, *rest, **kw))
+    rec = Recommender.load(run_dir)
+    warm = np.setdiff1d(np.arange(40), cold_start.items_without_training(dataset.train))
+    held, fit, how = cold_start.choice_items(dataset, warm, seed=5)
+    assert held.size == 4 and "held out" in how and np.intersect1d(held, fit).size == 0
+    assert np.array_equal(np.union1d(held, fit), warm) and dataset.val[:, held].sum(0).min() > 0
+    fitted = cold_start.fit_serving_mapper(dataset, rec.user_emb, rec.item_emb, seed=5, score_weights=(0.0, 1.0))
+    assert len(fitted_on) == 2 and all(np.array_equal(f, fit) for f in fitted_on)
+    assert fitted.info["n_chosen_on"] == 4 and fitted.scale in cold_start.SERVING_SCALES
+    assert set(fitted.info["val"]) == {"0.0", "1.0"} and fitted.info["score_weight"] in (0.0, 1.0)
+
+
+def test_new_items_are_served_from_the_mapper_and_added_items_ranked(mapped_run, dataset, capsys):
+    from utility.cold_start import ServingMapper, items_without_training
+    plain = Recommender.load(mapped_run)
+    rec = Recommender.load(mapped_run, new_items=True)
+    mapper, _ = ServingMapper.load(os.path.join(mapped_run, "mapper.pt"))
+    new = items_without_training(dataset.train)
+    warm = np.setdiff1d(np.arange(40), new)
+    assert rec.n_mapped == new.size == 0 and torch.equal(rec.item_emb, plain.item_emb)   # every item has training
+    with torch.no_grad():                # interactions here; tests/test_cold_start.py serves the item-cold ones
+        # two items arrive after training: the features of items 0 and 7, as new rows
+        arrived = {m: x[[0, 7]] for m, x in dataset.modality_feats.items()}
+        ids = rec.add_items(arrived)
+        assert ids.tolist() == [40, 41] and rec.n_items == 42 and rec.train.shape == (30, 42)
+        expected = mapper.scale * mapper.mapper(by_hand_content(dataset.modality_feats, warm, [0, 7]))
+        assert torch.allclose(rec.item_emb[40:], expected, atol=1e-5)
+        assert not torch.allclose(rec.item_emb[40], rec.item_emb[0])          # the mapper's vector, not the table's
+    ids, scores = rec.recommend(np.arange(30), k=42, exclude_seen=False)
+    assert (ids == 40).any(1).all() and (ids == 41).any(1).all()              # every user can be shown them
+    top, _ = rec.recommend([3], k=42)
+    assert np.allclose(np.sort(scores[3])[::-1][:5], np.sort((rec.user_emb[3] @ rec.item_emb.T).numpy())[::-1][:5])
+    assert not set(top[0]) & set(dataset.train[3].indices)                     # seen items still left out
+    with pytest.raises(UserError, match="text features of new items: expected \\(n, 16\\)"):
+        rec.add_items({"image": arrived["image"], "text": arrived["text"][:, :5]})
+    with pytest.raises(UserError, match="new items need the features"):
+        rec.add_items({"image": arrived["image"]})
+    with pytest.raises(UserError, match="load with new_items=True"):
+        plain.add_items(arrived)
+
+
+def test_new_items_on_the_command_line(mapped_run, dataset, tmp_path, capsys):
+    folder = tmp_path / "arrived"
+    folder.mkdir()
+    for m, x in dataset.modality_feats.items():
+        np.save(folder / f"{m}_feat.npy", x[[1, 2, 3]])
+    assert recommend.main([mapped_run, "--users", "0", "--k", "43", "--include_seen", "--new_items", "--add_items",
+                           str(folder), "--format", "json"]) == 0
+    out = capsys.readouterr()
+    listed = json.loads(out.out)["0"]["items"]
+    assert {40, 41, 42} <= set(listed) and len(listed) == 43 and "ids 40..42" in out.err
+    export = tmp_path / "export"
+    assert recommend.main([mapped_run, "--export", str(export), "--new_items", "--add_items", str(folder)]) == 0
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["n_items"] == 43 and manifest["new_items"]["added"] == 3
+    assert np.load(export / "item_embeddings.npy").shape == (43, 16)
+    capsys.readouterr()
+    np.save(folder / "text_feat.npy", np.zeros((3, 2), np.float32))
+    assert recommend.main([mapped_run, "--users", "0", "--new_items", "--add_items", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("error: text features of new items") and err.count("error") == 1
+
+
+def test_a_mapper_is_bound_to_its_student(mapped_run, run_dir, tmp_path, capsys):
+    assert recommend.main([run_dir, "--users", "0", "--new_items"]) == 2             # none fitted there
+    assert "mapper.pt: file not found (python -m utility.recommend RUN --fit_mapper" in capsys.readouterr().err
+    other = tmp_path / "other"
+    shutil.copytree(mapped_run, other)
+    obj = torch.load(other / "mapper.pt", weights_only=False)
+    obj["student"]["sha256"] = "0" * 64                                                # as if the student changed
+    torch.save(obj, other / "mapper.pt")
+    assert recommend.main([str(other), "--users", "0", "--new_items"]) == 2
+    err = capsys.readouterr().err
+    assert "fitted for another student.pt" in err and err.count("\n") == 1
+    (other / "mapper.pt").write_bytes(b"not a mapper")
+    assert recommend.main([str(other), "--users", "0", "--new_items"]) == 2
+    assert "not a content mapper written by this program" in capsys.readouterr().err

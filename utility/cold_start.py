@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from utility.errors import DataError, file_error
+from utility.errors import DataError, UserError, file_error
 from utility.evaluate import RankingEvaluator, dot_scores
 
 COLD_FILE = "cold_items.json"
@@ -62,16 +62,59 @@ def items_without_training(train):
     return np.flatnonzero(np.diff(sp.csc_matrix(train).indptr) == 0)
 
 
+@dataclass(frozen=True)
+class ContentScaler:
+    """How item features become the mapper's input: each modality's columns standardised with the
+    mean and sd of the warm items (a new item must not shift them), then scaled by 1/sqrt(dim), so
+    that every modality weighs the same whatever its width; modalities concatenated in name order.
+    Fitted once, it turns the feature rows of items that arrive later into the same input."""
+
+    stats: dict   # modality -> (mean, sd): float64 arrays of the modality's width; sd 0 replaced by 1
+
+    @classmethod
+    def fit(cls, modality_feats, fit_items):
+        stats = {}
+        for name in sorted(modality_feats):
+            x = np.asarray(modality_feats[name], dtype=np.float64)[fit_items]
+            sd = x.std(0)
+            stats[name] = (x.mean(0), np.where(sd > 0, sd, 1.0))
+        return cls(stats)
+
+    @property
+    def dims(self):
+        return {name: int(mean.size) for name, (mean, _) in self.stats.items()}
+
+    def transform(self, modality_feats):
+        """(n, sum of dims) float32 of the rows of ``modality_feats`` ({modality: (n, dim) array}); a
+        missing modality, a wrong width or unequal row counts is a :class:`UserError`."""
+        if set(modality_feats) != set(self.stats):
+            raise UserError(f"new items need the features {sorted(self.stats)} (got {sorted(modality_feats)})")
+        blocks, rows = [], set()
+        for name, (mean, sd) in self.stats.items():
+            x = np.asarray(modality_feats[name], dtype=np.float64)
+            if x.ndim != 2 or x.shape[1] != mean.size:
+                raise UserError(f"{name} features of new items: expected (n, {mean.size}) rows, got shape {x.shape}")
+            if not np.isfinite(x).all():
+                raise UserError(f"{name} features of new items: not all finite")
+            rows.add(x.shape[0])
+            blocks.append((x - mean) / sd / np.sqrt(mean.size))
+        if len(rows) > 1:
+            raise UserError(f"new items: the modalities give different numbers of rows ({sorted(rows)})")
+        return np.hstack(blocks).astype(np.float32)
+
+    def to_dict(self):
+        return {name: dict(mean=mean.tolist(), sd=sd.tolist()) for name, (mean, sd) in self.stats.items()}
+
+    @classmethod
+    def from_dict(cls, obj):
+        return cls({name: (np.asarray(v["mean"], np.float64), np.asarray(v["sd"], np.float64))
+                    for name, v in sorted(obj.items())})
+
+
 def content_features(modality_feats, fit_items):
-    """(n_items, sum of dims) float32: each modality's columns standardised with the mean and sd of
-    the ``fit_items`` rows (the warm items: a new item must not shift them), then scaled by
-    1/sqrt(dim), so that every modality weighs the same whatever its width."""
-    blocks = []
-    for name in sorted(modality_feats):
-        x = np.asarray(modality_feats[name], dtype=np.float64)
-        mean, sd = x[fit_items].mean(0), x[fit_items].std(0)
-        blocks.append((x - mean) / np.where(sd > 0, sd, 1.0) / np.sqrt(x.shape[1]))
-    return np.hstack(blocks).astype(np.float32)
+    """(n_items, sum of dims) float32: every item's mapper input, scaled by :class:`ContentScaler`
+    fitted on the ``fit_items`` rows (the warm items)."""
+    return ContentScaler.fit(modality_feats, fit_items).transform(modality_feats)
 
 
 # ---------------------------------------------------------------- the mapper
@@ -174,6 +217,109 @@ def serve_with_mapper(item_emb, mapper, content, new_items, scale=1.0):
     new = torch.as_tensor(new_items, dtype=torch.int64, device=item_emb.device)
     table[new] = scale * mapper(content[new])
     return table
+
+
+# ---------------------------------------------------------------- serving new items from a run
+
+MAPPER_FILE = "mapper.pt"          # written into a run folder by ``python -m utility.recommend RUN --fit_mapper``
+MAPPER_FORMAT = 1
+SCORE_WEIGHTS = (0.0, 1.0, 10.0)   # the score-alignment weights tried; chosen on validation
+SERVING_SCALES = (1.0, 0.5, 1.25, 1.5, 1.75, 2.0, 3.0)   # the new items' scale among warm items, chosen on validation
+HELD_OUT_SHARE = 0.1               # warm items held out to choose the mapper on, in a dataset without cold items
+
+
+def choice_items(ds, warm_items, seed):
+    """(items the mapper is chosen on, items it is fitted on, how). An item-cold dataset has its
+    validation-cold items. Any other dataset has no new item with validation interactions, so a
+    seeded share of the warm items that have some is held out of the mapper's training and
+    stands in for new items."""
+    if os.path.isfile(os.path.join(ds.path, COLD_FILE)):
+        return read_cold_items(ds.path, ds.n_items)["val"], warm_items, "validation-cold items"
+    with_val = np.intersect1d(warm_items, np.flatnonzero(np.diff(sp.csc_matrix(ds.val).indptr) > 0))
+    n_held = int(round(HELD_OUT_SHARE * warm_items.size))
+    if with_val.size < 2 or n_held < 1 or warm_items.size - n_held < 2:
+        raise UserError(f"{ds.path}: too few items with validation interactions to choose a content mapper on")
+    held = np.sort(np.random.default_rng(seed).choice(with_val, min(n_held, with_val.size), replace=False))
+    return held, np.setdiff1d(warm_items, held), f"{held.size} warm items held out of the mapper's training"
+
+
+@dataclass
+class ServingMapper:
+    """A fitted content mapper, ready to give new items the student's embeddings: the scaler of
+    the features, the network, and the scale of its vectors among warm items."""
+
+    mapper: ContentMapper
+    scaler: ContentScaler
+    scale: float
+    info: dict          # what was chosen, on which items, and the validation scores
+
+    @torch.no_grad()
+    def vectors(self, modality_feats, device="cpu"):
+        """(n, d) student item embeddings of the rows of ``modality_feats`` ({modality: (n, dim)})."""
+        content = torch.from_numpy(self.scaler.transform(modality_feats)).to(device)
+        return self.scale * self.mapper.to(device)(content)
+
+    def save(self, path, student):
+        """Write to ``path`` (atomically), bound to ``student``: {"sha256", "data"} of its checkpoint."""
+        from utility.run_io import save_checkpoint
+        net = self.mapper.net
+        save_checkpoint(dict(format=MAPPER_FORMAT, state=self.mapper.state_dict(), in_dim=net[0].in_features,
+                             hidden=net[0].out_features, out_dim=net[2].out_features, scaler=self.scaler.to_dict(),
+                             scale=self.scale, info=self.info, student=student), path)
+
+    @classmethod
+    def load(cls, path):
+        """(ServingMapper, the student it is bound to); an unreadable file is a one-line error."""
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: file not found (python -m utility.recommend RUN --fit_mapper writes it)")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+            if obj.get("format") != MAPPER_FORMAT:
+                raise ValueError(f"format {obj.get('format')!r}")
+            mapper = ContentMapper(obj["in_dim"], obj["out_dim"], obj["hidden"])
+            mapper.load_state_dict(obj["state"])
+            scaler = ContentScaler.from_dict(obj["scaler"])
+        except Exception as e:
+            raise UserError(f"{path}: not a content mapper written by this program ({type(e).__name__})") from None
+        return cls(mapper.eval(), scaler, float(obj["scale"]), obj["info"]), obj["student"]
+
+
+def fit_serving_mapper(ds, user_emb, item_emb, seed, score_weights=SCORE_WEIGHTS, scales=SERVING_SCALES,
+                       device="cpu", progress=False):
+    """The content mapper for the student (``user_emb``, ``item_emb``) on dataset ``ds``, every
+    choice on validation (docs/cold-start.md): for each score weight a mapper fitted on the warm
+    items, its epoch chosen by Recall@20 among the :func:`choice_items` on their validation
+    interactions; the weight likewise; then the scale of its vectors among warm items by Recall@20
+    of the whole validation split, with every item without training interactions (and every held-out
+    item) served by the mapper."""
+    new_items = items_without_training(ds.train)
+    warm_items = np.setdiff1d(np.arange(ds.n_items), new_items)
+    chosen_on, fit_items, how = choice_items(ds, warm_items, seed)
+    scaler = ContentScaler.fit(ds.modality_feats, warm_items)
+    content = torch.from_numpy(scaler.transform(ds.modality_feats)).to(device)
+    active_users = np.flatnonzero(np.diff(sp.csr_matrix(ds.train).indptr) > 0)
+    evaluator = cold_evaluator(ds.val, chosen_on, KS, device)
+    chosen_content = content[torch.as_tensor(chosen_on, device=device)]
+
+    def validate(mapper):
+        return evaluator(dot_scores(user_emb, mapper(chosen_content)))["recall@20"]
+
+    fits = {}
+    for weight in score_weights:
+        mapper, epoch, history = fit_mapper(content, user_emb, item_emb, fit_items, active_users, validate,
+                                            MapperConfig(score_weight=weight, seed=seed), progress)
+        fits[weight] = dict(mapper=mapper, epoch=epoch, val=history[epoch - 1][2])
+    weight = max(score_weights, key=lambda w: fits[w]["val"])
+    mapper = fits[weight]["mapper"]
+    served_items = np.union1d(new_items, chosen_on)
+    mixed = RankingEvaluator(ds.val, [ds.train], KS, device)
+    scale_val = {s: mixed(dot_scores(user_emb, serve_with_mapper(item_emb, mapper, content, served_items, s)))
+                 ["recall@20"] for s in scales}
+    scale = max(scales, key=scale_val.get)
+    info = dict(chosen_on=how, n_chosen_on=int(chosen_on.size), n_fitted_on=int(fit_items.size),
+                score_weight=weight, epoch=fits[weight]["epoch"], seed=seed,
+                val={str(w): f["val"] for w, f in fits.items()}, scale_val={str(s): v for s, v in scale_val.items()})
+    return ServingMapper(mapper, scaler, float(scale), info)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,14 @@ evaluation ranks items (``utility/evaluate.py``), and a user's training items ar
     python -m utility.recommend runs/tiktok/RUN --users 3 17 42 --k 20
     python -m utility.recommend RUN --all_users --out top20.csv
     python -m utility.recommend RUN --export serving/ --faiss
+
+New items (docs/cold-start.md): ``--fit_mapper`` fits a content mapper for the run's student and
+writes ``mapper.pt`` into the run folder; with ``--new_items`` the student then serves every item
+without training interactions from its features, and ``--add_items DIR`` appends items that arrived
+after training (their ``<modality>_feat.npy`` rows), without retraining.
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -45,6 +51,9 @@ class Recommender:
     signature: dict               # n_users, n_items, n_train, modalities: what the model was trained on
     run_dir: str
     id_map: dict = None           # {"user": [original id per id], "item": [...]} when the dataset has one
+    new_items: object = None      # the ServingMapper that embeds new items, when they are served
+    n_mapped: int = 0             # items of the dataset without training interactions, served by it
+    n_added: int = 0              # items added after training (:meth:`add_items`), the last rows
 
     @property
     def n_users(self):
@@ -55,9 +64,20 @@ class Recommender:
         return self.item_emb.shape[0]
 
     @classmethod
-    def load(cls, run_dir, model="student", device="cpu", data_path=None):
+    def load(cls, run_dir, model="student", device="cpu", data_path=None, new_items=False):
         """The model of ``run_dir`` (its best-validation weights) on the dataset its config names;
-        ``data_path`` replaces the config's when the data has moved."""
+        ``data_path`` replaces the config's when the data has moved. ``new_items``: the student's
+        items without training interactions get their vectors from the run's ``mapper.pt``."""
+        rec, ds = cls._load(run_dir, model, device, data_path)
+        if new_items:
+            if model != "student":
+                raise UserError("new items are served by the student (the teacher has its own content path)")
+            rec.serve_new_items(ds)
+        return rec
+
+    @classmethod
+    def _load(cls, run_dir, model, device, data_path):
+        """(Recommender, the dataset)."""
         if model not in MODELS:
             raise UserError(f"model {model!r}: expected one of {', '.join(MODELS)}")
         config = read_config(run_dir)
@@ -70,8 +90,48 @@ class Recommender:
                             f"(checkpoint: {ckpt.get('data')}; folder: {signature})")
         build = load_student if model == "student" else load_teacher
         user, item = final_embeddings(build(ckpt, config, ds, torch.device(device)))
-        return cls(model, user.float().contiguous(), item.float().contiguous(), ds.train.tocsr(), config["dataset"],
-                   signature, run_dir, read_id_map(folder, ds))
+        rec = cls(model, user.float().contiguous(), item.float().contiguous(), ds.train.tocsr(), config["dataset"],
+                  signature, run_dir, read_id_map(folder, ds))
+        return rec, ds
+
+    def student_binding(self):
+        """What a mapper records of the student it was fitted for: its checkpoint's hash and data."""
+        with open(os.path.join(self.run_dir, "student.pt"), "rb") as f:
+            return dict(sha256=hashlib.sha256(f.read()).hexdigest(), data=self.signature)
+
+    def serve_new_items(self, ds):
+        """Replace the rows of the items without training interactions by the run's mapper's vectors."""
+        from utility.cold_start import MAPPER_FILE, ServingMapper, items_without_training
+
+        path = os.path.join(self.run_dir, MAPPER_FILE)
+        mapper, student = ServingMapper.load(path)
+        if student != self.student_binding():
+            raise UserError(f"{path}: fitted for another student.pt or other data (fit it again: --fit_mapper)")
+        new = items_without_training(ds.train)
+        if new.size:
+            device = self.item_emb.device
+            vectors = mapper.vectors({m: x[new] for m, x in ds.modality_feats.items()}, device)
+            self.item_emb[torch.as_tensor(new, device=device)] = vectors
+        self.new_items, self.n_mapped = mapper, int(new.size)
+
+    def add_items(self, modality_feats, original_ids=None):
+        """Append items that arrived after training, from their features ({modality: (n, dim) rows},
+        the dataset's modalities): their vectors from the mapper, no training interactions. Returns
+        their ids (n_items, n_items + 1, ...), which every later call ranks with the others."""
+        if self.new_items is None:
+            raise UserError("adding items needs the content mapper: load with new_items=True (--new_items)")
+        vectors = self.new_items.vectors(modality_feats, self.item_emb.device)
+        ids = np.arange(self.n_items, self.n_items + vectors.shape[0])
+        if original_ids is not None and len(original_ids) != len(ids):
+            raise UserError(f"{len(original_ids)} original ids for {len(ids)} new items")
+        self.item_emb = torch.cat([self.item_emb, vectors]).contiguous()
+        self.train = sp.csr_matrix((self.train.data, self.train.indices, self.train.indptr),
+                                   shape=(self.n_users, self.n_items))
+        if self.id_map is not None:
+            self.id_map = dict(self.id_map, item=list(self.id_map["item"]) + list(
+                original_ids if original_ids is not None else [-1] * len(ids)))
+        self.n_added += len(ids)
+        return ids
 
     def check_users(self, user_ids):
         """int64 tensor of ``user_ids``; an id outside the dataset is a :class:`UserError`."""
@@ -172,6 +232,10 @@ class Recommender:
                                 kind=faiss_index, metric="inner product",
                                 **(dict(M=HNSW_NEIGHBOURS, ef_construction=HNSW_EF_CONSTRUCTION)
                                    if faiss_index == "hnsw" else {})),
+                            new_items=None if self.new_items is None else dict(
+                                mapped=self.n_mapped, added=self.n_added, scale=self.new_items.scale,
+                                rows="items without training interactions, and the last `added` rows, "
+                                     "are the content mapper's vectors (mapper.pt)"),
                             files=files, created_from=os.path.abspath(self.run_dir),
                             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
@@ -184,6 +248,36 @@ class Recommender:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return manifest
+
+
+def fit_run_mapper(run_dir, device="cpu", data_path=None, progress=False):
+    """Fit the content mapper for the run's student (:func:`utility.cold_start.fit_serving_mapper`,
+    with the run's seed) and write it to the run folder's mapper.pt; returns the ServingMapper."""
+    from utility.cold_start import MAPPER_FILE, fit_serving_mapper
+
+    rec, ds = Recommender._load(run_dir, "student", device, data_path)
+    if not ds.modality_feats:
+        raise UserError(f"{ds.path}: no modality features (*_feat.npy), so new items cannot be embedded")
+    seed = int(read_config(run_dir).get("seed", 2024))
+    fitted = fit_serving_mapper(ds, rec.user_emb, rec.item_emb, seed, device=torch.device(device), progress=progress)
+    fitted.save(os.path.join(run_dir, MAPPER_FILE), rec.student_binding())
+    return fitted
+
+
+def read_item_features(folder, modalities):
+    """{modality: rows} of the ``<modality>_feat.npy`` files of new items in ``folder``."""
+    if not os.path.isdir(folder):
+        raise UserError(f"--add_items {folder}: folder not found")
+    feats = {}
+    for name in modalities:
+        path = os.path.join(folder, f"{name}_feat.npy")
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: file not found (new items need every modality: {', '.join(modalities)})")
+        try:
+            feats[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a readable .npy array ({type(e).__name__})") from None
+    return feats
 
 
 # ---------------------------------------------------------------- loading
@@ -378,6 +472,12 @@ def build_parser():
     p.add_argument("--export", metavar="DIR", help="write the embeddings, the id map and manifest.json to DIR")
     p.add_argument("--faiss", nargs="?", const="flat", choices=FAISS_INDEXES,
                    help="with --export: an inner-product faiss index of the items (flat: exact; hnsw: approximate)")
+    p.add_argument("--fit_mapper", action="store_true",
+                   help="fit the content mapper for the student's new items and write RUN/mapper.pt")
+    p.add_argument("--new_items", action="store_true",
+                   help="serve the items without training interactions from RUN/mapper.pt")
+    p.add_argument("--add_items", metavar="DIR",
+                   help="with --new_items: append the items whose <modality>_feat.npy rows are in DIR")
     p.add_argument("--data_path", help="where the dataset folder is, when it has moved since the run")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -387,8 +487,13 @@ def build_parser():
 def parse_args(argv):
     """The flags; combinations that make no sense are a one-line :class:`UserError`."""
     args = build_parser().parse_args(argv)
-    if not any(getattr(args, name) for name in ("users", "users_file", "all_users", "similar", "export")):
-        raise UserError("nothing to do: give --users, --users_file, --all_users, --similar or --export")
+    if not any(getattr(args, name) for name in ("users", "users_file", "all_users", "similar", "export", "fit_mapper")):
+        raise UserError("nothing to do: give --users, --users_file, --all_users, --similar, --export or --fit_mapper")
+    if args.model != "student" and (args.fit_mapper or args.new_items or args.add_items):
+        raise UserError("--fit_mapper, --new_items and --add_items are for the student (the teacher has its own "
+                        "content path)")
+    if args.add_items and not args.new_items:
+        raise UserError("--add_items goes with --new_items")
     if args.k < 1:
         raise UserError(f"--k {args.k}: must be at least 1")
     if args.all_users and not args.out:
@@ -524,7 +629,21 @@ def main(argv=None):
         args = parse_args(argv)
         if args.threads:
             torch.set_num_threads(args.threads)
-        rec = Recommender.load(args.run_dir, args.model, args.device, args.data_path)
+        if args.fit_mapper:
+            fitted = fit_run_mapper(args.run_dir, args.device, args.data_path, progress=True)
+            info = fitted.info
+            print(f"content mapper: chosen on {info['chosen_on']} (validation Recall@20 "
+                  f"{info['val'][str(info['score_weight'])]:.4f}, epoch {info['epoch']}), scale {fitted.scale:g}; "
+                  f"written to {os.path.join(args.run_dir, 'mapper.pt')}", file=sys.stderr)
+            if not any(getattr(args, n) for n in ("users", "users_file", "all_users", "similar", "export")):
+                return 0
+        rec = Recommender.load(args.run_dir, args.model, args.device, args.data_path, new_items=args.new_items)
+        if args.new_items:
+            print(f"{rec.n_mapped} items without training interactions served from mapper.pt", file=sys.stderr)
+        if args.add_items:
+            ids = rec.add_items(read_item_features(args.add_items, sorted(rec.new_items.scaler.stats)))
+            print(f"added {len(ids)} items from {args.add_items}: ids {ids[0]}..{ids[-1]}" if len(ids) else
+                  f"{args.add_items}: no items to add", file=sys.stderr)
         if args.original_ids and rec.id_map is None:
             raise UserError(f"--original_ids: {rec.dataset} has no {ID_MAP}; its ids are the original ones")
         users = args.users or (read_users_file(args.users_file) if args.users_file else None)
