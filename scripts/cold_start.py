@@ -7,10 +7,11 @@ One full ``main.py`` run per seed (or the given run folders), then on the cold t
 among the cold test items) Recall@20 and NDCG@20 of: the mapper + student, the mapper blended with
 content-kNN, the teacher's content path (its fused embedding of the cold items), content-kNN,
 popularity (0 for every cold item, so a random tie-break) and random; and, in one ranking of every
-item against all held-out test items, both against the warm-only student. Every choice (the
-mapper's epoch and score weight, the kNN aggregation, the blend's weight) is made on the
-validation-cold items, the scale of the new items' scores among warm items on the whole validation
-split. Mean ± sd over seeds; each key comparison's relative difference with an interval over seeds
+item against all held-out test items, both against the warm-only student. Every choice is made on
+validation: the mapper's epoch and score weight, the kNN aggregation and the blend's weight on one
+half of the validation-cold items; the scale of new items' scores among warm items, and whether to
+show them there at all (a gain over the warm-only ranking above one standard error), on the rest of
+the validation split. Mean ± sd over seeds; each key comparison's relative difference with an interval over seeds
 and users (utility.stats.two_way_comparison; docs/cold-start.md).
 
     python scripts/cold_start.py --combine runs/A/cold-start.json runs/B/cold-start.json ...
@@ -32,9 +33,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utility.cold_start import (KS, ColdBlend, cold_evaluator, cold_scores, content_knn_scores,  # noqa: E402
-                                evaluate_per_user, fit_serving_mapper, items_without_training, masked_scores,
-                                popularity_tie_break_scores, random_scores, read_cold_items, score_ratio)
+from utility.cold_start import (KS, ColdBlend, check_ranking, choose_scale, cold_evaluator,  # noqa: E402
+                                cold_scores, content_knn_scores, evaluate_per_user, fit_serving_mapper,
+                                items_without_training, masked_scores, popularity_tie_break_scores, random_scores,
+                                read_cold_items, score_ratio, without_items)
 from utility.errors import UserError  # noqa: E402
 from utility.evaluate import RankingEvaluator, dot_scores  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
@@ -47,8 +49,8 @@ METRICS = ("recall@20", "ndcg@20")
 BLEND = "mapper + content-kNN + student"
 COLD_METHODS = (BLEND, "mapper + student", "teacher content path", "content-kNN", "popularity (random tie-break)",
                 "random")
-MIXED_METHODS = (BLEND, "mapper + student", "mapper + student, scale 1", "student, own rows for new items",
-                 "student, new items -inf", "teacher")
+MIXED_METHODS = (BLEND, "mapper + student", "mapper + student, always promoted", "mapper + student, scale 1",
+                 "student, own rows for new items", "student, new items -inf", "teacher")
 # (ranking, control, treatment): the comparisons the acceptance target names, and what the kNN term adds
 COMPARISONS = (("cold", "content-kNN", "mapper + student"), ("cold", "teacher content path", "mapper + student"),
                ("mixed", "student, own rows for new items", "mapper + student"),
@@ -86,8 +88,11 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
     new_items = items_without_training(ds.train)
     fitted = fit_serving_mapper(ds, student_user, student_item, seed, score_weights, serving_scales, device)
     mapper, content = fitted.mapper, torch.from_numpy(fitted.scaler.transform(ds.modality_feats)).to(device)
+    tune = fitted.tune_items     # the validation-cold items every choice among new items is made on
     evals = {split: cold_evaluator(getattr(ds, split), cold[split], KS, device) for split in ("val", "test")}
-    cold_content = {split: content[torch.as_tensor(cold[split], device=device)] for split in evals}
+    evals["tune"] = cold_evaluator(ds.val, tune, KS, device)
+    cold_content = {split: content[torch.as_tensor(items, device=device)]
+                    for split, items in (("val", cold["val"]), ("test", cold["test"]), ("tune", tune))}
 
     def mapper_score_fn(mapper, split):
         with torch.no_grad():
@@ -95,19 +100,19 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
 
     print(f"  mapper: score weight {fitted.info['score_weight']:g} (val recall@20 "
           + ", ".join(f"{w}: {v:.4f}" for w, v in fitted.info["val"].items())
-          + f"), best epoch {fitted.info['epoch']}; serving scale {fitted.scale:g}", flush=True)
-    knn_val = {how: evals["val"](content_knn_scores(ds.train, content.cpu(), cold["val"], how))["recall@20"]
+          + f"), best epoch {fitted.info['epoch']}; scale {fitted.scale:g}, "
+          + ("promoted" if fitted.promote else "not promoted") + f" (gain {fitted.info['gain']:+.4f}, "
+          f"se {fitted.info['gain_se']:.4f})", flush=True)
+    knn_val = {how: evals["tune"](content_knn_scores(ds.train, content.cpu(), tune, how))["recall@20"]
                for how in ("mean", "max")}
     how = max(knn_val, key=knn_val.get)
     knn = {split: content_knn_scores(ds.train, content.cpu(), items, how)
-           for split, items in (("val", cold["val"]), ("test", cold["test"]), ("new", new_items))}
-    # the blend of the mapper with kNN: its unit ratio and weight on the validation cold ranking
-    ratio = score_ratio(mapper_score_fn(mapper, "val"), knn["val"], evals["val"].users)
-    blend_val = {w: evals["val"](ColdBlend(w, ratio).cold_scores(mapper_score_fn(mapper, "val"), knn["val"]))
+           for split, items in (("val", cold["val"]), ("test", cold["test"]), ("tune", tune), ("new", new_items))}
+    # the blend of the mapper with kNN: its unit ratio and weight on the tuning half of the validation-cold items
+    ratio = score_ratio(mapper_score_fn(mapper, "tune"), knn["tune"], evals["tune"].users)
+    blend_val = {w: evals["tune"](ColdBlend(w, ratio).cold_scores(mapper_score_fn(mapper, "tune"), knn["tune"]))
                  ["recall@20"] for w in BLEND_WEIGHTS}
     blend = ColdBlend(max(BLEND_WEIGHTS, key=blend_val.get), ratio)
-    print(f"  content-kNN ({how}) val recall@20 {knn_val[how]:.4f}; blend weight {blend.weight:g}, val recall@20 "
-          f"{blend_val[blend.weight]:.4f}", flush=True)
 
     def cold_methods(split):
         return {BLEND: blend.cold_scores(mapper_score_fn(mapper, split), knn[split]),
@@ -120,23 +125,28 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
     def served(chosen, scale):
         return chosen.mixed_scores(student_user, student_item, mapper, content, new_items, knn["new"], scale)
 
-    # the blend's serving scale, on the mixed validation ranking (every item but the user's training items)
-    mixed_val = RankingEvaluator(ds.val, [ds.train], KS, device)
-    blend_scale_val = {s: mixed_val(served(blend, s))["recall@20"] for s in serving_scales}
-    blend_scale = max(serving_scales, key=blend_scale_val.get)
+    # the blend's scale among warm items, and whether to promote it there: on the rest of the validation split
+    warm_only = masked_scores(student_user, student_item, new_items)
+    blend_choice = choose_scale(check_ranking(ds, tune, device), lambda s: without_items(served(blend, s), tune),
+                                without_items(warm_only, tune), serving_scales)
+    print(f"  content-kNN ({how}) val recall@20 {knn_val[how]:.4f}; blend weight {blend.weight:g}, val recall@20 "
+          f"{blend_val[blend.weight]:.4f}; scale {blend_choice['scale']:g}, "
+          + ("promoted" if blend_choice["promote"] else "not promoted"), flush=True)
     result = {"run_dir": run_dir, "seed": seed,
               "choices": {"mapper_score_weight": fitted.info["score_weight"], "mapper_epoch": fitted.info["epoch"],
-                          "mapper_val": fitted.info["val"],
+                          "mapper_val": fitted.info["val"], "n_tuned_on": fitted.info["n_tuned_on"],
                           "serving_scale": fitted.scale, "serving_scale_val": fitted.info["scale_val"],
+                          "promoted": fitted.promote, "gain": fitted.info["gain"], "gain_se": fitted.info["gain_se"],
                           "knn": how, "knn_val": knn_val,
                           "blend_weight": blend.weight, "blend_ratio": ratio,
-                          "blend_val": {str(w): v for w, v in blend_val.items()}, "blend_scale": blend_scale,
-                          "blend_scale_val": {str(s): v for s, v in blend_scale_val.items()}},
+                          "blend_val": {str(w): v for w, v in blend_val.items()}, "blend_scale": blend_choice["scale"],
+                          "blend_scale_val": blend_choice["val"], "blend_promoted": blend_choice["promote"]},
               "val": {m: evals["val"](fn) for m, fn in cold_methods("val").items()},
               "cold": {m: evaluate_per_user(evals["test"], fn, METRICS) for m, fn in cold_methods("test").items()}}
     mixed_eval = RankingEvaluator(ds.test, [ds.train, ds.val], KS, device)
-    mixed = {BLEND: served(blend, blend_scale),
-             "mapper + student": served(ColdBlend(0.0, ratio), fitted.scale),
+    mixed = {BLEND: served(blend, blend_choice["scale"]) if blend_choice["promote"] else warm_only,
+             "mapper + student": served(ColdBlend(0.0, ratio), fitted.scale) if fitted.promote else warm_only,
+             "mapper + student, always promoted": served(ColdBlend(0.0, ratio), fitted.scale),
              "mapper + student, scale 1": served(ColdBlend(0.0, ratio), 1.0),
              "student, own rows for new items": dot_scores(student_user, student_item),
              "student, new items -inf": masked_scores(student_user, student_item, new_items),

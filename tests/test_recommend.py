@@ -264,7 +264,8 @@ def test_faiss_index_finds_the_exact_top_items(run_dir, tmp_path, kind):
     (["--all_users"], "--all_users needs --out"),
     (["--all_users", "--out", "lists.txt"], "--out lists.txt: expected a .csv or .parquet file"),
     (["--users", "0", "--faiss"], "--faiss goes with --export"),
-    (["--users", "0", "--add_items", "x"], "--add_items goes with --new_items"),
+    (["--users", "0", "--add_items", "x"], "--add_items and --new_only go with --new_items"),
+    (["--users", "0", "--new_only"], "--add_items and --new_only go with --new_items"),
     (["--users", "0", "--new_items", "--model", "teacher"], "are for the student"),
 ])
 def test_flag_combinations_that_make_no_sense_are_one_line_errors(run_dir, capsys, flags, message):
@@ -331,7 +332,9 @@ def test_the_mapper_is_chosen_on_held_out_items_it_never_fits(run_dir, dataset, 
     assert np.array_equal(np.union1d(held, fit), warm) and dataset.val[:, held].sum(0).min() > 0
     fitted = cold_start.fit_serving_mapper(dataset, rec.user_emb, rec.item_emb, seed=5, score_weights=(0.0, 1.0))
     assert len(fitted_on) == 2 and all(np.array_equal(f, fit) for f in fitted_on)
-    assert fitted.info["n_chosen_on"] == 4 and fitted.scale in cold_start.SERVING_SCALES
+    assert fitted.info["n_tuned_on"] == fitted.info["n_checked_on"] == 2 and fitted.scale in cold_start.SERVING_SCALES
+    assert np.array_equal(np.union1d(fitted.tune_items, fitted.check_items), held)
+    assert np.intersect1d(fitted.tune_items, fitted.check_items).size == 0
     assert set(fitted.info["val"]) == {"0.0", "1.0"} and fitted.info["score_weight"] in (0.0, 1.0)
 
 
@@ -351,11 +354,12 @@ def test_new_items_are_served_from_the_mapper_and_added_items_ranked(mapped_run,
         expected = mapper.scale * mapper.mapper(by_hand_content(dataset.modality_feats, warm, [0, 7]))
         assert torch.allclose(rec.item_emb[40:], expected, atol=1e-5)
         assert not torch.allclose(rec.item_emb[40], rec.item_emb[0])          # the mapper's vector, not the table's
-    ids, scores = rec.recommend(np.arange(30), k=42, exclude_seen=False)
-    assert (ids == 40).any(1).all() and (ids == 41).any(1).all()              # every user can be shown them
-    top, _ = rec.recommend([3], k=42)
-    assert np.allclose(np.sort(scores[3])[::-1][:5], np.sort((rec.user_emb[3] @ rec.item_emb.T).numpy())[::-1][:5])
-    assert not set(top[0]) & set(dataset.train[3].indices)                     # seen items still left out
+    ids, scores = rec.recommend(np.arange(30), k=3, new_only=True)             # a shelf of the new items only
+    assert (np.sort(ids[:, :2], axis=1) == [40, 41]).all() and (ids[:, 2] == -1).all()
+    assert np.allclose(scores[:, :2], np.sort((rec.user_emb @ rec.item_emb[40:].T).numpy(), axis=1)[:, ::-1])
+    ids, _ = rec.recommend(np.arange(30), k=42, exclude_seen=False)
+    shown = (ids == 40).any(1) & (ids == 41).any(1)
+    assert shown.all() if mapper.promote else not (ids >= 40).any()          # in mixed lists only when promoted
     with pytest.raises(UserError, match="text features of new items: expected \\(n, 16\\)"):
         rec.add_items({"image": arrived["image"], "text": arrived["text"][:, :5]})
     with pytest.raises(UserError, match="new items need the features"):
@@ -369,15 +373,16 @@ def test_new_items_on_the_command_line(mapped_run, dataset, tmp_path, capsys):
     folder.mkdir()
     for m, x in dataset.modality_feats.items():
         np.save(folder / f"{m}_feat.npy", x[[1, 2, 3]])
-    assert recommend.main([mapped_run, "--users", "0", "--k", "43", "--include_seen", "--new_items", "--add_items",
-                           str(folder), "--format", "json"]) == 0
+    assert recommend.main([mapped_run, "--users", "0", "--k", "5", "--new_items", "--add_items", str(folder),
+                           "--new_only", "--format", "json"]) == 0
     out = capsys.readouterr()
     listed = json.loads(out.out)["0"]["items"]
-    assert {40, 41, 42} <= set(listed) and len(listed) == 43 and "ids 40..42" in out.err
+    assert sorted(listed) == [40, 41, 42] and "ids 40..42" in out.err
     export = tmp_path / "export"
     assert recommend.main([mapped_run, "--export", str(export), "--new_items", "--add_items", str(folder)]) == 0
     manifest = json.loads((export / "manifest.json").read_text())
     assert manifest["n_items"] == 43 and manifest["new_items"]["added"] == 3
+    assert np.load(export / "new_items.npy").tolist() == [40, 41, 42]
     assert np.load(export / "item_embeddings.npy").shape == (43, 16)
     capsys.readouterr()
     np.save(folder / "text_feat.npy", np.zeros((3, 2), np.float32))
@@ -400,3 +405,33 @@ def test_a_mapper_is_bound_to_its_student(mapped_run, run_dir, tmp_path, capsys)
     (other / "mapper.pt").write_bytes(b"not a mapper")
     assert recommend.main([str(other), "--users", "0", "--new_items"]) == 2
     assert "not a content mapper written by this program" in capsys.readouterr().err
+
+
+def test_new_items_kept_out_of_mixed_lists_unless_validation_promotes_them():
+    from types import SimpleNamespace
+    # user 0 = (1, 0); items 0..3 score 3, 2, 1, 0; items 2 and 3 are the mapper's (new), item 0 seen
+    rec = hand_recommender([[1.0, 0.0]], [[3, 0], [2, 0], [1, 0], [0, 0]], [[1, 0, 0, 0]])
+    rec.new_ids = np.array([2, 3])
+    rec.new_items = SimpleNamespace(promote=True)
+    assert rec.recommend([0], k=3)[0][0].tolist() == [1, 2, 3]
+    rec.new_items = SimpleNamespace(promote=False)
+    ids, scores = rec.recommend([0], k=3)
+    assert ids[0].tolist() == [1, -1, -1] and np.isneginf(scores[0, 1:]).all()
+    assert rec.recommend([0], k=2, new_only=True)[0][0].tolist() == [2, 3]   # still ranked among themselves
+
+
+def test_new_items_are_promoted_only_when_the_gain_exceeds_its_standard_error():
+    from utility.cold_start import choose_scale
+
+    class Values:                    # an evaluator whose score_fns are the per-user values themselves
+        def per_user(self, values, names):
+            return {"recall@20": np.asarray(values, dtype=float)}
+
+    base = np.array([0.2, 0.4, 0.0, 0.6, 0.3, 0.5])
+    noise = np.array([0.1, -0.1, 0.1, -0.1, 0.1, -0.05])          # mean +0.0083, se 0.039: noise
+    clear = np.array([0.1, 0.12, 0.08, 0.1, 0.11, 0.09])          # mean +0.1, se 0.006
+    out = choose_scale(Values(), {1.0: base + noise, 2.0: base - 0.1}.get, base, (1.0, 2.0))
+    assert out["scale"] == 1.0 and not out["promote"] and out["gain"] == pytest.approx(noise.mean())
+    assert out["se"] == pytest.approx(noise.std(ddof=1) / np.sqrt(6))
+    out = choose_scale(Values(), {1.0: base + noise, 2.0: base + clear}.get, base, (1.0, 2.0))
+    assert out["scale"] == 2.0 and out["promote"] and out["warm_only"] == pytest.approx(base.mean())

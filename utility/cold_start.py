@@ -243,6 +243,48 @@ def choice_items(ds, warm_items, seed):
     return held, np.setdiff1d(warm_items, held), f"{held.size} warm items held out of the mapper's training"
 
 
+def split_choice_items(items, seed):
+    """(tuning half, checking half) of the items choices are made on, a seeded draw: the mapper and
+    everything that ranks new items among themselves are chosen on the first; whether and how far
+    new items are promoted among warm ones on the second, which those choices never saw (choosing
+    both on the same items would make the second look better than it is)."""
+    order = np.random.default_rng([seed, 1]).permutation(np.asarray(items))
+    half = order.size // 2
+    if half < 1:
+        raise UserError(f"{order.size} item(s) to choose a content mapper on: need at least two")
+    return np.sort(order[:half]), np.sort(order[half:])
+
+
+def without_items(score_fn, items):
+    """``score_fn`` with ``items`` scored -inf (never ranked)."""
+    if len(items) == 0:
+        return score_fn
+    hidden = torch.as_tensor(np.asarray(items), dtype=torch.int64)
+
+    def masked(users):
+        scores = score_fn(users)
+        return scores.index_fill(1, hidden.to(scores.device), -torch.inf)
+    return masked
+
+
+def choose_scale(evaluator, scored, warm_only, scales):
+    """The scale of new items among warm ones, and whether to show them among warm ones at all.
+
+    ``scored(scale)`` and ``warm_only`` are score_fns over every item on ``evaluator``'s ranking. The
+    scale is the best by Recall@20; new items are promoted (``promote``) only when its gain over the
+    warm-only ranking exceeds one standard error of the per-user gains (the one-standard-error
+    rule: the simpler choice, no new items, unless the data show more than noise). Returns dict(scale,
+    promote, gain, se, val ({scale: recall@20}), warm_only (its recall@20))."""
+    per_scale = {s: evaluator.per_user(scored(s), ("recall@20",))["recall@20"] for s in scales}
+    base = evaluator.per_user(warm_only, ("recall@20",))["recall@20"]
+    scale = max(scales, key=lambda s: per_scale[s].mean())
+    gains = per_scale[scale] - base
+    gain = float(gains.mean()) if gains.size else 0.0
+    se = float(gains.std(ddof=1) / np.sqrt(gains.size)) if gains.size > 1 else float("inf")
+    return dict(scale=float(scale), promote=bool(gain > se), gain=gain, se=se,
+                val={str(s): float(v.mean()) for s, v in per_scale.items()}, warm_only=float(base.mean()))
+
+
 @dataclass
 class ServingMapper:
     """A fitted content mapper, ready to give new items the student's embeddings: the scaler of
@@ -251,6 +293,7 @@ class ServingMapper:
     mapper: ContentMapper
     scaler: ContentScaler
     scale: float
+    promote: bool       # whether new items are shown among warm ones (validation showed a gain); else only among themselves
     info: dict          # what was chosen, on which items, and the validation scores
 
     @torch.no_grad()
@@ -265,7 +308,7 @@ class ServingMapper:
         net = self.mapper.net
         save_checkpoint(dict(format=MAPPER_FORMAT, state=self.mapper.state_dict(), in_dim=net[0].in_features,
                              hidden=net[0].out_features, out_dim=net[2].out_features, scaler=self.scaler.to_dict(),
-                             scale=self.scale, info=self.info, student=student), path)
+                             scale=self.scale, promote=self.promote, info=self.info, student=student), path)
 
     @classmethod
     def load(cls, path):
@@ -281,28 +324,31 @@ class ServingMapper:
             scaler = ContentScaler.from_dict(obj["scaler"])
         except Exception as e:
             raise UserError(f"{path}: not a content mapper written by this program ({type(e).__name__})") from None
-        return cls(mapper.eval(), scaler, float(obj["scale"]), obj["info"]), obj["student"]
+        return cls(mapper.eval(), scaler, float(obj["scale"]), bool(obj["promote"]), obj["info"]), obj["student"]
 
 
 def fit_serving_mapper(ds, user_emb, item_emb, seed, score_weights=SCORE_WEIGHTS, scales=SERVING_SCALES,
                        device="cpu", progress=False):
     """The content mapper for the student (``user_emb``, ``item_emb``) on dataset ``ds``, every
-    choice on validation (docs/cold-start.md): for each score weight a mapper fitted on the warm
-    items, its epoch chosen by Recall@20 among the :func:`choice_items` on their validation
-    interactions; the weight likewise; then the scale of its vectors among warm items by Recall@20
-    of the whole validation split, with every item without training interactions (and every held-out
-    item) served by the mapper."""
+    choice on validation (docs/cold-start.md). The :func:`choice_items` are split in two
+    (:func:`split_choice_items`). On the tuning half: for each score weight a mapper fitted on the
+    warm items, its epoch chosen by Recall@20 among the tuning items on their validation
+    interactions; the weight likewise. On the rest of the validation split (the tuning items left
+    out): the scale of its vectors among warm items and whether to show new items there at all
+    (:func:`choose_scale`), every item without training interactions (and every held-out item)
+    served by the mapper. The ServingMapper's ``tune_items`` and ``check_items`` say which is which."""
     new_items = items_without_training(ds.train)
     warm_items = np.setdiff1d(np.arange(ds.n_items), new_items)
     chosen_on, fit_items, how = choice_items(ds, warm_items, seed)
+    tune_items, check_items = split_choice_items(chosen_on, seed)
     scaler = ContentScaler.fit(ds.modality_feats, warm_items)
     content = torch.from_numpy(scaler.transform(ds.modality_feats)).to(device)
     active_users = np.flatnonzero(np.diff(sp.csr_matrix(ds.train).indptr) > 0)
-    evaluator = cold_evaluator(ds.val, chosen_on, KS, device)
-    chosen_content = content[torch.as_tensor(chosen_on, device=device)]
+    evaluator = cold_evaluator(ds.val, tune_items, KS, device)
+    tune_content = content[torch.as_tensor(tune_items, device=device)]
 
     def validate(mapper):
-        return evaluator(dot_scores(user_emb, mapper(chosen_content)))["recall@20"]
+        return evaluator(dot_scores(user_emb, mapper(tune_content)))["recall@20"]
 
     fits = {}
     for weight in score_weights:
@@ -312,14 +358,29 @@ def fit_serving_mapper(ds, user_emb, item_emb, seed, score_weights=SCORE_WEIGHTS
     weight = max(score_weights, key=lambda w: fits[w]["val"])
     mapper = fits[weight]["mapper"]
     served_items = np.union1d(new_items, chosen_on)
-    mixed = RankingEvaluator(ds.val, [ds.train], KS, device)
-    scale_val = {s: mixed(dot_scores(user_emb, serve_with_mapper(item_emb, mapper, content, served_items, s)))
-                 ["recall@20"] for s in scales}
-    scale = max(scales, key=scale_val.get)
-    info = dict(chosen_on=how, n_chosen_on=int(chosen_on.size), n_fitted_on=int(fit_items.size),
-                score_weight=weight, epoch=fits[weight]["epoch"], seed=seed,
-                val={str(w): f["val"] for w, f in fits.items()}, scale_val={str(s): v for s, v in scale_val.items()})
-    return ServingMapper(mapper, scaler, float(scale), info)
+    check = check_ranking(ds, tune_items, device)
+    choice = choose_scale(check, lambda s: without_items(dot_scores(
+                              user_emb, serve_with_mapper(item_emb, mapper, content, served_items, s)), tune_items),
+                          without_items(masked_scores(user_emb, item_emb, served_items), tune_items), scales)
+    info = dict(chosen_on=how, n_tuned_on=int(tune_items.size), n_checked_on=int(check_items.size),
+                n_fitted_on=int(fit_items.size), score_weight=weight, epoch=fits[weight]["epoch"], seed=seed,
+                val={str(w): f["val"] for w, f in fits.items()}, scale_val=choice["val"],
+                warm_only_val=choice["warm_only"], gain=choice["gain"], gain_se=choice["se"])
+    fitted = ServingMapper(mapper, scaler, choice["scale"], choice["promote"], info)
+    fitted.tune_items, fitted.check_items = tune_items, check_items
+    return fitted
+
+
+def check_ranking(ds, tune_items, device="cpu"):
+    """The validation ranking over every item on which the scale of new items is chosen: the whole
+    validation split but the tuning items (their interactions dropped; score_fns hide them with
+    :func:`without_items`), the user's training items excluded."""
+    truth = sp.csr_matrix(ds.val, dtype=np.float32, copy=True)
+    keep = np.ones(ds.n_items, dtype=np.float32)
+    keep[np.asarray(tune_items)] = 0
+    truth = (truth @ sp.diags(keep)).tocsr()
+    truth.eliminate_zeros()
+    return RankingEvaluator(truth, [ds.train], KS, device)
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,18 @@ class Recommender:
     run_dir: str
     id_map: dict = None           # {"user": [original id per id], "item": [...]} when the dataset has one
     new_items: object = None      # the ServingMapper that embeds new items, when they are served
-    n_mapped: int = 0             # items of the dataset without training interactions, served by it
+    new_ids: np.ndarray = None    # the items it embeds: those without training interactions, then added ones
     n_added: int = 0              # items added after training (:meth:`add_items`), the last rows
+
+    @property
+    def n_mapped(self):
+        """Items of the dataset without training interactions, served by the mapper."""
+        return 0 if self.new_ids is None else int(self.new_ids.size) - self.n_added
+
+    @property
+    def hidden(self):
+        """Items kept out of mixed lists: the new ones, when validation did not show them earning a place."""
+        return self.new_ids if self.new_items is not None and not self.new_items.promote else None
 
     @property
     def n_users(self):
@@ -112,7 +122,7 @@ class Recommender:
             device = self.item_emb.device
             vectors = mapper.vectors({m: x[new] for m, x in ds.modality_feats.items()}, device)
             self.item_emb[torch.as_tensor(new, device=device)] = vectors
-        self.new_items, self.n_mapped = mapper, int(new.size)
+        self.new_items, self.new_ids = mapper, new.astype(np.int64)
 
     def add_items(self, modality_feats, original_ids=None):
         """Append items that arrived after training, from their features ({modality: (n, dim) rows},
@@ -131,6 +141,7 @@ class Recommender:
             self.id_map = dict(self.id_map, item=list(self.id_map["item"]) + list(
                 original_ids if original_ids is not None else [-1] * len(ids)))
         self.n_added += len(ids)
+        self.new_ids = np.concatenate([self.new_ids, ids])
         return ids
 
     def check_users(self, user_ids):
@@ -142,22 +153,26 @@ class Recommender:
         return users
 
     @torch.no_grad()
-    def recommend(self, user_ids, k=20, exclude_seen=True):
+    def recommend(self, user_ids, k=20, exclude_seen=True, new_only=False):
         """(ids, scores): numpy (len(user_ids), k) arrays, best first. Where a user has fewer than k
-        unseen items, the missing places hold id -1 and score -inf."""
+        unseen items, the missing places hold id -1 and score -inf. ``new_only``: rank the new items
+        only (those the content mapper serves), as a shelf of new arrivals. Otherwise every item is
+        ranked, except new items that the mapper's validation kept out of mixed lists."""
         users = self.check_users(user_ids)
+        if new_only and self.new_items is None:
+            raise UserError("ranking the new items only needs the content mapper: load with new_items=True (--new_items)")
         k = min(k, self.n_items)
         ids, scores = [], []
         for start in range(0, users.numel(), block_size(self.n_items)):
             block = users[start:start + block_size(self.n_items)]
-            top_scores, top_ids = self._top(block, k, exclude_seen)
+            top_scores, top_ids = self._top(block, k, exclude_seen, new_only)
             ids.append(top_ids)
             scores.append(top_scores)
         if not ids:
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         return torch.cat(ids).numpy(), torch.cat(scores).numpy()
 
-    def _top(self, users, k, exclude_seen):
+    def _top(self, users, k, exclude_seen, new_only=False):
         """Top-k (scores, ids) of one block of users, scored as the evaluation scores them."""
         device = self.user_emb.device
         scores = self.user_emb[users.to(device)] @ self.item_emb.T
@@ -165,6 +180,12 @@ class Recommender:
             seen = self.train[users.numpy()]
             rows = torch.repeat_interleave(torch.arange(users.numel()), torch.from_numpy(np.diff(seen.indptr)))
             scores[rows.to(device), torch.from_numpy(seen.indices.astype(np.int64)).to(device)] = -torch.inf
+        if new_only:
+            keep = torch.zeros(self.n_items, dtype=torch.bool, device=device)
+            keep[torch.as_tensor(self.new_ids, device=device)] = True
+            scores = scores.masked_fill(~keep, -torch.inf)
+        elif self.hidden is not None and self.hidden.size:
+            scores[:, torch.as_tensor(self.hidden, device=device)] = -torch.inf
         top = torch.topk(scores, k, dim=1)
         ids = top.indices.masked_fill(torch.isneginf(top.values), -1)
         return top.values.cpu(), ids.cpu()
@@ -214,6 +235,9 @@ class Recommender:
             np.save(os.path.join(tmp, files["user_embeddings"]), self.user_emb.cpu().numpy())
             np.save(os.path.join(tmp, files["item_embeddings"]), self.item_emb.cpu().numpy())
             sp.save_npz(os.path.join(tmp, files["seen"]), self.train.astype(np.float32))
+            if self.new_items is not None:
+                files["new_items"] = "new_items.npy"
+                np.save(os.path.join(tmp, files["new_items"]), self.new_ids)
             if self.id_map is not None:
                 files["id_map"] = ID_MAP
                 with open(os.path.join(tmp, ID_MAP), "w", encoding="utf-8") as f:
@@ -234,8 +258,10 @@ class Recommender:
                                    if faiss_index == "hnsw" else {})),
                             new_items=None if self.new_items is None else dict(
                                 mapped=self.n_mapped, added=self.n_added, scale=self.new_items.scale,
-                                rows="items without training interactions, and the last `added` rows, "
-                                     "are the content mapper's vectors (mapper.pt)"),
+                                in_mixed_lists=self.new_items.promote, file="new_items.npy",
+                                rows="the items of new_items.npy (those without training interactions, then "
+                                     "the last `added` rows) are the content mapper's vectors (mapper.pt); where "
+                                     "in_mixed_lists is false, leave them out of lists of all items"),
                             files=files, created_from=os.path.abspath(self.run_dir),
                             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
@@ -478,6 +504,7 @@ def build_parser():
                    help="serve the items without training interactions from RUN/mapper.pt")
     p.add_argument("--add_items", metavar="DIR",
                    help="with --new_items: append the items whose <modality>_feat.npy rows are in DIR")
+    p.add_argument("--new_only", action="store_true", help="with --new_items: rank the new items only")
     p.add_argument("--data_path", help="where the dataset folder is, when it has moved since the run")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -492,8 +519,8 @@ def parse_args(argv):
     if args.model != "student" and (args.fit_mapper or args.new_items or args.add_items):
         raise UserError("--fit_mapper, --new_items and --add_items are for the student (the teacher has its own "
                         "content path)")
-    if args.add_items and not args.new_items:
-        raise UserError("--add_items goes with --new_items")
+    if (args.add_items or args.new_only) and not args.new_items:
+        raise UserError("--add_items and --new_only go with --new_items")
     if args.k < 1:
         raise UserError(f"--k {args.k}: must be at least 1")
     if args.all_users and not args.out:
@@ -633,13 +660,17 @@ def main(argv=None):
             fitted = fit_run_mapper(args.run_dir, args.device, args.data_path, progress=True)
             info = fitted.info
             print(f"content mapper: chosen on {info['chosen_on']} (validation Recall@20 "
-                  f"{info['val'][str(info['score_weight'])]:.4f}, epoch {info['epoch']}), scale {fitted.scale:g}; "
-                  f"written to {os.path.join(args.run_dir, 'mapper.pt')}", file=sys.stderr)
+                  f"{info['val'][str(info['score_weight'])]:.4f}, epoch {info['epoch']}), scale {fitted.scale:g}; new "
+                  f"items " + ("shown" if fitted.promote else "not shown") + f" among warm ones (validation gain "
+                  f"{info['gain']:+.4f}, standard error {info['gain_se']:.4f}); written to "
+                  f"{os.path.join(args.run_dir, 'mapper.pt')}", file=sys.stderr)
             if not any(getattr(args, n) for n in ("users", "users_file", "all_users", "similar", "export")):
                 return 0
         rec = Recommender.load(args.run_dir, args.model, args.device, args.data_path, new_items=args.new_items)
         if args.new_items:
-            print(f"{rec.n_mapped} items without training interactions served from mapper.pt", file=sys.stderr)
+            print(f"{rec.n_mapped} items without training interactions served from mapper.pt"
+                  + ("" if rec.new_items.promote else "; validation kept new items out of lists of all items "
+                     "(--new_only ranks them)"), file=sys.stderr)
         if args.add_items:
             ids = rec.add_items(read_item_features(args.add_items, sorted(rec.new_items.scaler.stats)))
             print(f"added {len(ids)} items from {args.add_items}: ids {ids[0]}..{ids[-1]}" if len(ids) else
@@ -648,7 +679,7 @@ def main(argv=None):
             raise UserError(f"--original_ids: {rec.dataset} has no {ID_MAP}; its ids are the original ones")
         users = args.users or (read_users_file(args.users_file) if args.users_file else None)
         if users is not None:
-            ids, scores = rec.recommend(users, args.k, exclude_seen=not args.include_seen)
+            ids, scores = rec.recommend(users, args.k, exclude_seen=not args.include_seen, new_only=args.new_only)
             print(format_lists(rec, np.asarray(users), ids, scores, args.format, args.original_ids))
         for item in args.similar or ():
             ids, scores = rec.similar_items(item, args.k)
