@@ -8,10 +8,10 @@ among the cold test items) Recall@20 and NDCG@20 of: the mapper + student, the m
 content-kNN, the teacher's content path (its fused embedding of the cold items), content-kNN,
 popularity (0 for every cold item, so a random tie-break) and random; and, in one ranking of every
 item against all held-out test items, both against the warm-only student. Every choice is made on
-validation: the mapper's epoch and score weight, the kNN aggregation and the blend's weight on one
-half of the validation-cold items; the scale of new items' scores among warm items, and whether to
-show them there at all (a gain over the warm-only ranking above one standard error), on the rest of
-the validation split. Mean ± sd over seeds; each key comparison's relative difference with an interval over seeds
+validation: the mapper's epoch and score weight, the kNN aggregation and the blend's weight on the
+validation-cold items; the scale of new items' scores among warm items, and whether to show them
+there at all (a gain over the warm-only ranking above one standard error), on the whole validation
+split. Mean ± sd over seeds; each key comparison's relative difference with an interval over seeds
 and users (utility.stats.two_way_comparison; docs/cold-start.md).
 
     python scripts/cold_start.py --combine runs/A/cold-start.json runs/B/cold-start.json ...
@@ -33,10 +33,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utility.cold_start import (KS, ColdBlend, check_ranking, choose_scale, cold_evaluator,  # noqa: E402
-                                cold_scores, content_knn_scores, evaluate_per_user, fit_serving_mapper,
-                                items_without_training, masked_scores, popularity_tie_break_scores, random_scores,
-                                read_cold_items, score_ratio, without_items)
+from utility.cold_start import (KS, ColdBlend, choose_scale, cold_evaluator, cold_scores,  # noqa: E402
+                                content_knn_scores, evaluate_per_user, fit_serving_mapper, items_without_training,
+                                masked_scores, popularity_tie_break_scores, random_scores, read_cold_items,
+                                score_ratio)
 from utility.errors import UserError  # noqa: E402
 from utility.evaluate import RankingEvaluator, dot_scores  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
@@ -88,11 +88,8 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
     new_items = items_without_training(ds.train)
     fitted = fit_serving_mapper(ds, student_user, student_item, seed, score_weights, serving_scales, device)
     mapper, content = fitted.mapper, torch.from_numpy(fitted.scaler.transform(ds.modality_feats)).to(device)
-    tune = fitted.tune_items     # the validation-cold items every choice among new items is made on
     evals = {split: cold_evaluator(getattr(ds, split), cold[split], KS, device) for split in ("val", "test")}
-    evals["tune"] = cold_evaluator(ds.val, tune, KS, device)
-    cold_content = {split: content[torch.as_tensor(items, device=device)]
-                    for split, items in (("val", cold["val"]), ("test", cold["test"]), ("tune", tune))}
+    cold_content = {split: content[torch.as_tensor(cold[split], device=device)] for split in evals}
 
     def mapper_score_fn(mapper, split):
         with torch.no_grad():
@@ -103,14 +100,14 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
           + f"), best epoch {fitted.info['epoch']}; scale {fitted.scale:g}, "
           + ("promoted" if fitted.promote else "not promoted") + f" (gain {fitted.info['gain']:+.4f}, "
           f"se {fitted.info['gain_se']:.4f})", flush=True)
-    knn_val = {how: evals["tune"](content_knn_scores(ds.train, content.cpu(), tune, how))["recall@20"]
+    knn_val = {how: evals["val"](content_knn_scores(ds.train, content.cpu(), cold["val"], how))["recall@20"]
                for how in ("mean", "max")}
     how = max(knn_val, key=knn_val.get)
     knn = {split: content_knn_scores(ds.train, content.cpu(), items, how)
-           for split, items in (("val", cold["val"]), ("test", cold["test"]), ("tune", tune), ("new", new_items))}
-    # the blend of the mapper with kNN: its unit ratio and weight on the tuning half of the validation-cold items
-    ratio = score_ratio(mapper_score_fn(mapper, "tune"), knn["tune"], evals["tune"].users)
-    blend_val = {w: evals["tune"](ColdBlend(w, ratio).cold_scores(mapper_score_fn(mapper, "tune"), knn["tune"]))
+           for split, items in (("val", cold["val"]), ("test", cold["test"]), ("new", new_items))}
+    # the blend of the mapper with kNN: its unit ratio and weight on the validation-cold items
+    ratio = score_ratio(mapper_score_fn(mapper, "val"), knn["val"], evals["val"].users)
+    blend_val = {w: evals["val"](ColdBlend(w, ratio).cold_scores(mapper_score_fn(mapper, "val"), knn["val"]))
                  ["recall@20"] for w in BLEND_WEIGHTS}
     blend = ColdBlend(max(BLEND_WEIGHTS, key=blend_val.get), ratio)
 
@@ -125,16 +122,16 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
     def served(chosen, scale):
         return chosen.mixed_scores(student_user, student_item, mapper, content, new_items, knn["new"], scale)
 
-    # the blend's scale among warm items, and whether to promote it there: on the rest of the validation split
+    # the blend's scale among warm items, and whether to show new items there: on the whole validation split
     warm_only = masked_scores(student_user, student_item, new_items)
-    blend_choice = choose_scale(check_ranking(ds, tune, device), lambda s: without_items(served(blend, s), tune),
-                                without_items(warm_only, tune), serving_scales)
+    blend_choice = choose_scale(RankingEvaluator(ds.val, [ds.train], KS, device), lambda s: served(blend, s),
+                                warm_only, serving_scales)
     print(f"  content-kNN ({how}) val recall@20 {knn_val[how]:.4f}; blend weight {blend.weight:g}, val recall@20 "
           f"{blend_val[blend.weight]:.4f}; scale {blend_choice['scale']:g}, "
           + ("promoted" if blend_choice["promote"] else "not promoted"), flush=True)
     result = {"run_dir": run_dir, "seed": seed,
               "choices": {"mapper_score_weight": fitted.info["score_weight"], "mapper_epoch": fitted.info["epoch"],
-                          "mapper_val": fitted.info["val"], "n_tuned_on": fitted.info["n_tuned_on"],
+                          "mapper_val": fitted.info["val"],
                           "serving_scale": fitted.scale, "serving_scale_val": fitted.info["scale_val"],
                           "promoted": fitted.promote, "gain": fitted.info["gain"], "gain_se": fitted.info["gain_se"],
                           "knn": how, "knn_val": knn_val,

@@ -332,9 +332,9 @@ def test_the_mapper_is_chosen_on_held_out_items_it_never_fits(run_dir, dataset, 
     assert np.array_equal(np.union1d(held, fit), warm) and dataset.val[:, held].sum(0).min() > 0
     fitted = cold_start.fit_serving_mapper(dataset, rec.user_emb, rec.item_emb, seed=5, score_weights=(0.0, 1.0))
     assert len(fitted_on) == 2 and all(np.array_equal(f, fit) for f in fitted_on)
-    assert fitted.info["n_tuned_on"] == fitted.info["n_checked_on"] == 2 and fitted.scale in cold_start.SERVING_SCALES
-    assert np.array_equal(np.union1d(fitted.tune_items, fitted.check_items), held)
-    assert np.intersect1d(fitted.tune_items, fitted.check_items).size == 0
+    assert fitted.info["n_chosen_on"] == 4 and fitted.scale in cold_start.SERVING_SCALES
+    assert fitted.info["gain"] == pytest.approx(fitted.info["scale_val"][str(fitted.scale)] - fitted.info["warm_only_val"])
+    assert fitted.promote == (fitted.info["gain"] > fitted.info["gain_se"])
     assert set(fitted.info["val"]) == {"0.0", "1.0"} and fitted.info["score_weight"] in (0.0, 1.0)
 
 

@@ -243,30 +243,6 @@ def choice_items(ds, warm_items, seed):
     return held, np.setdiff1d(warm_items, held), f"{held.size} warm items held out of the mapper's training"
 
 
-def split_choice_items(items, seed):
-    """(tuning half, checking half) of the items choices are made on, a seeded draw: the mapper and
-    everything that ranks new items among themselves are chosen on the first; whether and how far
-    new items are promoted among warm ones on the second, which those choices never saw (choosing
-    both on the same items would make the second look better than it is)."""
-    order = np.random.default_rng([seed, 1]).permutation(np.asarray(items))
-    half = order.size // 2
-    if half < 1:
-        raise UserError(f"{order.size} item(s) to choose a content mapper on: need at least two")
-    return np.sort(order[:half]), np.sort(order[half:])
-
-
-def without_items(score_fn, items):
-    """``score_fn`` with ``items`` scored -inf (never ranked)."""
-    if len(items) == 0:
-        return score_fn
-    hidden = torch.as_tensor(np.asarray(items), dtype=torch.int64)
-
-    def masked(users):
-        scores = score_fn(users)
-        return scores.index_fill(1, hidden.to(scores.device), -torch.inf)
-    return masked
-
-
 def choose_scale(evaluator, scored, warm_only, scales):
     """The scale of new items among warm ones, and whether to show them among warm ones at all.
 
@@ -330,25 +306,22 @@ class ServingMapper:
 def fit_serving_mapper(ds, user_emb, item_emb, seed, score_weights=SCORE_WEIGHTS, scales=SERVING_SCALES,
                        device="cpu", progress=False):
     """The content mapper for the student (``user_emb``, ``item_emb``) on dataset ``ds``, every
-    choice on validation (docs/cold-start.md). The :func:`choice_items` are split in two
-    (:func:`split_choice_items`). On the tuning half: for each score weight a mapper fitted on the
-    warm items, its epoch chosen by Recall@20 among the tuning items on their validation
-    interactions; the weight likewise. On the rest of the validation split (the tuning items left
-    out): the scale of its vectors among warm items and whether to show new items there at all
-    (:func:`choose_scale`), every item without training interactions (and every held-out item)
-    served by the mapper. The ServingMapper's ``tune_items`` and ``check_items`` say which is which."""
+    choice on validation (docs/cold-start.md): for each score weight a mapper fitted on the warm
+    items, its epoch chosen by Recall@20 among the :func:`choice_items` on their validation
+    interactions; the weight likewise; then, on the whole validation split with every item without
+    training interactions (and every held-out item) served by the mapper, the scale of its vectors
+    among warm items and whether to show new items there at all (:func:`choose_scale`)."""
     new_items = items_without_training(ds.train)
     warm_items = np.setdiff1d(np.arange(ds.n_items), new_items)
     chosen_on, fit_items, how = choice_items(ds, warm_items, seed)
-    tune_items, check_items = split_choice_items(chosen_on, seed)
     scaler = ContentScaler.fit(ds.modality_feats, warm_items)
     content = torch.from_numpy(scaler.transform(ds.modality_feats)).to(device)
     active_users = np.flatnonzero(np.diff(sp.csr_matrix(ds.train).indptr) > 0)
-    evaluator = cold_evaluator(ds.val, tune_items, KS, device)
-    tune_content = content[torch.as_tensor(tune_items, device=device)]
+    evaluator = cold_evaluator(ds.val, chosen_on, KS, device)
+    chosen_content = content[torch.as_tensor(chosen_on, device=device)]
 
     def validate(mapper):
-        return evaluator(dot_scores(user_emb, mapper(tune_content)))["recall@20"]
+        return evaluator(dot_scores(user_emb, mapper(chosen_content)))["recall@20"]
 
     fits = {}
     for weight in score_weights:
@@ -358,29 +331,13 @@ def fit_serving_mapper(ds, user_emb, item_emb, seed, score_weights=SCORE_WEIGHTS
     weight = max(score_weights, key=lambda w: fits[w]["val"])
     mapper = fits[weight]["mapper"]
     served_items = np.union1d(new_items, chosen_on)
-    check = check_ranking(ds, tune_items, device)
-    choice = choose_scale(check, lambda s: without_items(dot_scores(
-                              user_emb, serve_with_mapper(item_emb, mapper, content, served_items, s)), tune_items),
-                          without_items(masked_scores(user_emb, item_emb, served_items), tune_items), scales)
-    info = dict(chosen_on=how, n_tuned_on=int(tune_items.size), n_checked_on=int(check_items.size),
-                n_fitted_on=int(fit_items.size), score_weight=weight, epoch=fits[weight]["epoch"], seed=seed,
-                val={str(w): f["val"] for w, f in fits.items()}, scale_val=choice["val"],
-                warm_only_val=choice["warm_only"], gain=choice["gain"], gain_se=choice["se"])
-    fitted = ServingMapper(mapper, scaler, choice["scale"], choice["promote"], info)
-    fitted.tune_items, fitted.check_items = tune_items, check_items
-    return fitted
-
-
-def check_ranking(ds, tune_items, device="cpu"):
-    """The validation ranking over every item on which the scale of new items is chosen: the whole
-    validation split but the tuning items (their interactions dropped; score_fns hide them with
-    :func:`without_items`), the user's training items excluded."""
-    truth = sp.csr_matrix(ds.val, dtype=np.float32, copy=True)
-    keep = np.ones(ds.n_items, dtype=np.float32)
-    keep[np.asarray(tune_items)] = 0
-    truth = (truth @ sp.diags(keep)).tocsr()
-    truth.eliminate_zeros()
-    return RankingEvaluator(truth, [ds.train], KS, device)
+    choice = choose_scale(RankingEvaluator(ds.val, [ds.train], KS, device),
+                          lambda s: dot_scores(user_emb, serve_with_mapper(item_emb, mapper, content, served_items, s)),
+                          masked_scores(user_emb, item_emb, served_items), scales)
+    info = dict(chosen_on=how, n_chosen_on=int(chosen_on.size), n_fitted_on=int(fit_items.size), score_weight=weight,
+                epoch=fits[weight]["epoch"], seed=seed, val={str(w): f["val"] for w, f in fits.items()},
+                scale_val=choice["val"], warm_only_val=choice["warm_only"], gain=choice["gain"], gain_se=choice["se"])
+    return ServingMapper(mapper, scaler, choice["scale"], choice["promote"], info)
 
 
 @dataclass(frozen=True)
