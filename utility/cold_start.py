@@ -7,9 +7,11 @@ scaled to equal weight) to the student's item embedding. It is distilled on warm
 spirit of ALDI (SIGIR 2023): its vectors regress the student's item embeddings, and its scores for
 sampled users follow the student's score distribution over the batch's items. Its epoch and loss
 weights are chosen on the validation-cold items only. The student then serves warm items from its
-table and items without training interactions from the mapper, without retraining; or, as
-:class:`ColdBlend`, from the mapper's scores blended with content-kNN's (the similarity of an item's
-content to the user's training items'), the blend's weight chosen on the validation-cold items.
+table and items without training interactions from the mapper, without retraining
+(:func:`fit_serving_mapper`, :class:`ServingMapper`; new items enter lists of all items only when
+validation shows them earning places there); or, as :class:`ColdBlend`, from the mapper's scores
+blended with content-kNN's (the similarity of an item's content to the user's training items'), the
+blend's weight chosen on the validation-cold items.
 """
 import json
 import os
@@ -79,10 +81,6 @@ class ContentScaler:
             sd = x.std(0)
             stats[name] = (x.mean(0), np.where(sd > 0, sd, 1.0))
         return cls(stats)
-
-    @property
-    def dims(self):
-        return {name: int(mean.size) for name, (mean, _) in self.stats.items()}
 
     def transform(self, modality_feats):
         """(n, sum of dims) float32 of the rows of ``modality_feats`` ({modality: (n, dim) array}); a
