@@ -170,26 +170,36 @@ def summary(per_seed):
     return table, comparisons
 
 
-def format_report(dataset, seeds, table, comparisons):
-    lines = [f"{dataset}: mean ± sd over seeds {' '.join(map(str, seeds))}"]
-    for ranking, title in (("cold", "cold test items, ranked among the cold test items"),
-                           ("mixed", "every item, against all held-out test items")):
-        lines.append(f"\n{title}\n| method | Recall@20 | NDCG@20 |\n|---|---:|---:|")
-        for method, values in table[ranking].items():
+TITLES = {"cold": "cold test items, ranked among the cold test items",
+          "mixed": "every item, against all held-out test items"}
+
+
+def report_lines(table, comparisons, legend, detail):
+    """The tables and the comparisons as text; ``detail(c)`` is what follows a comparison's interval."""
+    lines = []
+    for ranking, methods in table.items():
+        lines.append(f"\n{TITLES.get(ranking, ranking)}\n| method | Recall@20 | NDCG@20 |\n|---|---:|---:|")
+        for method, values in methods.items():
             cells = [f"{m:.4f} ± {sd:.4f}" if sd is not None else f"{m:.4f}" for m, sd in values.values()]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines.append("\ntreatment vs control: relative difference of means, 95 % interval over seeds and users "
-                 "(t; two-way bootstrap percentile), per seed")
+    lines.append("\ntreatment vs control: " + legend)
     for c in comparisons:
         head = f"  {c['ranking']}: {c['treatment']} vs {c['control']}, {c['metric']}: "
         if c["rel_diff"] is None:
             lines.append(head + c["verdict"])
             continue
-        per_seed = ", ".join(f"{x:+.1f}%" for x in c["per_seed_rel_diff"])
-        (lo, hi), (plo, phi) = c["interval"], c["percentile_interval"]
-        lines.append(head + f"{c['rel_diff']:+.1f}% [{lo:+.1f}, {hi:+.1f}] ([{plo:+.1f}, {phi:+.1f}]); "
-                            f"per seed {per_seed}; {c['verdict']}")
-    return "\n".join(lines)
+        lo, hi = c["interval"]
+        lines.append(head + f"{c['rel_diff']:+.1f}% [{lo:+.1f}, {hi:+.1f}]{detail(c)}; {c['verdict']}")
+    return lines
+
+
+def format_report(dataset, seeds, table, comparisons):
+    def detail(c):
+        plo, phi = c["percentile_interval"]
+        return f" ([{plo:+.1f}, {phi:+.1f}]); per seed " + ", ".join(f"{x:+.1f}%" for x in c["per_seed_rel_diff"])
+    return "\n".join([f"{dataset}: mean ± sd over seeds {' '.join(map(str, seeds))}"] + report_lines(
+        table, comparisons, "relative difference of means, 95 % interval over seeds and users (t; two-way "
+        "bootstrap percentile), per seed", detail))
 
 
 def combine_splits(summaries, names):
@@ -233,21 +243,10 @@ def combine_splits(summaries, names):
 
 
 def format_combined(names, table, comparisons):
-    lines = [f"mean ± sd over {len(names)} item splits: " + " ".join(names)]
-    for ranking in table:
-        lines.append(f"\n{ranking}\n| method | Recall@20 | NDCG@20 |\n|---|---:|---:|")
-        for method, values in table[ranking].items():
-            lines.append(f"| {method} | " + " | ".join(f"{m:.4f} ± {sd:.4f}" for m, sd in values.values()) + " |")
-    lines.append("\ntreatment vs control: mean over splits of the relative difference, 95 % t interval over splits")
-    for c in comparisons:
-        head = f"  {c['ranking']}: {c['treatment']} vs {c['control']}, {c['metric']}: "
-        if c["rel_diff"] is None:
-            lines.append(head + c["verdict"])
-            continue
-        per_split = ", ".join(f"{x:+.1f}%" for x in c["per_split_rel_diff"])
-        lo, hi = c["interval"]
-        lines.append(head + f"{c['rel_diff']:+.1f}% [{lo:+.1f}, {hi:+.1f}]; per split {per_split}; {c['verdict']}")
-    return "\n".join(lines)
+    def detail(c):
+        return "; per split " + ", ".join(f"{x:+.1f}%" for x in c["per_split_rel_diff"])
+    return "\n".join([f"mean ± sd over {len(names)} item splits: " + " ".join(names)] + report_lines(
+        table, comparisons, "mean over splits of the relative difference, 95 % t interval over splits", detail))
 
 
 def combine_main(paths, out):
