@@ -73,3 +73,24 @@ def test_end_to_end_on_cuda_matches_cpu(tmp_path, tiny_json):
             for metric in ("recall@20", "ndcg@20"):
                 assert results["cuda"][stage][split][metric] == pytest.approx(
                     results["cpu"][stage][split][metric], abs=0.03), (stage, split, metric)
+
+
+def test_new_items_are_fitted_and_served_on_cuda(tmp_path, tiny_json):
+    """The content mapper fitted and served on the GPU, and items added there, as on the CPU."""
+    import numpy as np
+    from utility import recommend
+    from utility.load_data import load_dataset
+    code = pipeline.run_command(["--data_path", os.path.dirname(tiny_json), "--dataset", os.path.basename(tiny_json),
+                                 "--runs_dir", str(tmp_path / "runs"), "--epoch", "2", "--embed_size", "16",
+                                 "--no_plot"])
+    assert code == 0
+    (run_dir,) = (tmp_path / "runs" / os.path.basename(tiny_json)).iterdir()
+    assert recommend.main([str(run_dir), "--fit_mapper", "--device", "cuda"]) == 0
+    rec = recommend.Recommender.load(str(run_dir), device="cuda", new_items=True)
+    feats = load_dataset(tiny_json).modality_feats
+    ids = rec.add_items({m: x[:3] for m, x in feats.items()})
+    top, _ = rec.recommend(np.arange(5), k=3, new_only=True)
+    assert rec.item_emb.is_cuda and sorted(top[0].tolist()) == ids.tolist()
+    cpu = recommend.Recommender.load(str(run_dir), new_items=True)
+    cpu.add_items({m: x[:3] for m, x in feats.items()})
+    assert torch.allclose(rec.item_emb.cpu(), cpu.item_emb, atol=1e-4)
