@@ -10,9 +10,9 @@ import scipy.sparse as sp
 import torch
 
 from data.prepare import DatasetBuildError, choose_cold_items, item_cold_split, main as prepare_main, write_item_cold_copy
-from utility.cold_start import (ColdBlend, MapperConfig, ServingMapper, cold_evaluator, cold_scores,
-                                content_features, content_knn_scores, fit_mapper, items_without_training, mapper_loss,
-                                masked_scores, popularity_tie_break_scores, read_cold_items, score_ratio,
+from utility.cold_start import (ColdBlend, ContentMapper, ContentScaler, MapperConfig, ServingMapper, cold_evaluator,
+                                cold_scores, content_features, content_knn_scores, fit_mapper, items_without_training,
+                                mapper_loss, masked_scores, popularity_tie_break_scores, read_cold_items, score_ratio,
                                 serve_with_mapper)
 from utility.errors import DataError
 from utility.load_data import load_dataset
@@ -311,3 +311,22 @@ def test_combining_item_splits_makes_the_split_the_replicate(tmp_path, capsys):
     assert cold_start_main(["--combine", str(paths[0]), str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "bad.json: not a cold-start summary" in err and "\n" not in err
+
+
+def test_a_saved_mapper_gives_new_rows_the_same_scaled_vectors(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = {"a": rng.normal(2.0, 3.0, (12, 3)), "b": rng.normal(-1.0, 0.5, (12, 5))}
+    warm = np.arange(8)
+    scaler = ContentScaler.fit(feats, warm)
+    torch.manual_seed(0)
+    mapper = ServingMapper(ContentMapper(8, 4, hidden=6).eval(), scaler, 2.5, False, {"epoch": 3})
+    rows = {m: x[[9, 10]] for m, x in feats.items()}                   # two items arriving later
+    by_hand = np.hstack([(feats[m][[9, 10]] - feats[m][warm].mean(0)) / feats[m][warm].std(0) / np.sqrt(d)
+                         for m, d in (("a", 3), ("b", 5))])
+    with torch.no_grad():
+        expected = 2.5 * mapper.mapper(torch.as_tensor(by_hand, dtype=torch.float32))
+    assert torch.allclose(mapper.vectors(rows), expected, atol=1e-5)
+    mapper.save(tmp_path / "mapper.pt", {"sha256": "x"})
+    loaded, student = ServingMapper.load(tmp_path / "mapper.pt")
+    assert student == {"sha256": "x"} and loaded.scale == 2.5 and loaded.promote is False
+    assert torch.allclose(loaded.vectors(rows), expected, atol=1e-5)
