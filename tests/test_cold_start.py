@@ -258,6 +258,10 @@ def test_the_script_on_a_tiny_item_cold_run(tmp_path, tiny_json):
         for method, values in result["table"][ranking].items():
             assert 0.0 <= values["recall@20"][0] <= 1.0, (ranking, method)
     assert result["runs"][0]["choices"]["knn"] in ("mean", "max")
+    mixed = result["per_user"]["0"]["mixed"]                          # served: promoted, or the warm-only lists
+    served_as = "mapper + student, always promoted" if result["runs"][0]["choices"]["promoted"] else \
+        "student, new items -inf"
+    assert mixed["mapper + student"]["recall@20"] == mixed[served_as]["recall@20"]
     # the same mapper, fitted for serving: the run's new items get its vectors, warm items keep their rows
     from utility.recommend import Recommender, main as recommend_main
     assert recommend_main([run_dir, "--fit_mapper"]) == 0
