@@ -9,7 +9,7 @@ content-kNN, the teacher's content path (its fused embedding of the cold items),
 popularity (0 for every cold item, so a random tie-break) and random; and, in one ranking of every
 item against all held-out test items, both against the warm-only student. Every choice is made on
 validation: the mapper's epoch and score weight, the kNN aggregation and the blend's weight on the
-validation-cold items; the scale of new items' scores among warm items, and whether to show them
+validation-cold items (the weight with each item scored by a mapper chosen on the other half); the scale of new items' scores among warm items, and whether to show them
 there at all (a gain over the warm-only ranking above one standard error), on the whole validation
 split. Mean ± sd over seeds; each key comparison's relative difference with an interval over seeds
 and users (utility.stats.two_way_comparison; docs/cold-start.md).
@@ -33,10 +33,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utility.cold_start import (KS, ColdBlend, choose_scale, cold_evaluator, cold_scores,  # noqa: E402
-                                content_knn_scores, evaluate_per_user, fit_serving_mapper, items_without_training,
-                                masked_scores, popularity_tie_break_scores, random_scores, read_cold_items,
-                                score_ratio)
+from utility.cold_start import (KS, ColdBlend, blend_weight_scores, choose_scale, cold_evaluator,  # noqa: E402
+                                cold_scores, content_knn_scores, evaluate_per_user, fit_serving_mapper,
+                                items_without_training, masked_scores, popularity_tie_break_scores, random_scores,
+                                read_cold_items, score_ratio)
 from utility.errors import UserError  # noqa: E402
 from utility.evaluate import RankingEvaluator, dot_scores  # noqa: E402
 from utility.load_data import load_dataset  # noqa: E402
@@ -105,10 +105,14 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
     how = max(knn_val, key=knn_val.get)
     knn = {split: content_knn_scores(ds.train, content.cpu(), items, how)
            for split, items in (("val", cold["val"]), ("test", cold["test"]), ("new", new_items))}
-    # the blend of the mapper with kNN: its unit ratio and weight on the validation-cold items
+    # the blend of the mapper with kNN: its unit ratio on the validation-cold items; its weight there too,
+    # each item scored by a mapper not chosen on it (the served mapper's own score there is flattered)
     ratio = score_ratio(mapper_score_fn(mapper, "val"), knn["val"], evals["val"].users)
-    blend_val = {w: evals["val"](ColdBlend(w, ratio).cold_scores(mapper_score_fn(mapper, "val"), knn["val"]))
+    in_sample = {w: evals["val"](ColdBlend(w, ratio).cold_scores(mapper_score_fn(mapper, "val"), knn["val"]))
                  ["recall@20"] for w in BLEND_WEIGHTS}
+    blend_val = blend_weight_scores(ds, student_user, student_item, content, cold["val"],
+                                    np.setdiff1d(np.arange(ds.n_items), new_items), how,
+                                    fitted.info["score_weight"], seed, BLEND_WEIGHTS, device)
     blend = ColdBlend(max(BLEND_WEIGHTS, key=blend_val.get), ratio)
 
     def cold_methods(split):
@@ -136,7 +140,9 @@ def evaluate_run(run_dir, seed, score_weights, serving_scales, device):
                           "promoted": fitted.promote, "gain": fitted.info["gain"], "gain_se": fitted.info["gain_se"],
                           "knn": how, "knn_val": knn_val,
                           "blend_weight": blend.weight, "blend_ratio": ratio,
-                          "blend_val": {str(w): v for w, v in blend_val.items()}, "blend_scale": blend_choice["scale"],
+                          "blend_val": {str(w): v for w, v in blend_val.items()},
+                          "blend_val_in_sample": {str(w): v for w, v in in_sample.items()},
+                          "blend_scale": blend_choice["scale"],
                           "blend_scale_val": blend_choice["val"], "blend_promoted": blend_choice["promote"]},
               "val": {m: evals["val"](fn) for m, fn in cold_methods("val").items()},
               "cold": {m: evaluate_per_user(evals["test"], fn, METRICS) for m, fn in cold_methods("test").items()}}

@@ -334,3 +334,22 @@ def test_a_saved_mapper_gives_new_rows_the_same_scaled_vectors(tmp_path):
     loaded, student = ServingMapper.load(tmp_path / "mapper.pt")
     assert student == {"sha256": "x"} and loaded.scale == 2.5 and loaded.promote is False
     assert torch.allclose(loaded.vectors(rows), expected, atol=1e-5)
+
+
+def test_the_blend_weight_is_scored_by_mappers_chosen_on_the_other_fold(tiny_json, monkeypatch):
+    from utility import cold_start
+    ds = load_dataset(tiny_json)
+    built = []
+    real = cold_start.cold_evaluator
+    monkeypatch.setattr(cold_start, "cold_evaluator", lambda truth, items, *a, **k: built.append(np.asarray(items))
+                        or real(truth, items, *a, **k))
+    torch.manual_seed(0)
+    user, item = torch.randn(ds.n_users, 4), torch.randn(ds.n_items, 4)
+    items = np.arange(20, 30)
+    content = torch.from_numpy(content_features(ds.modality_feats, np.arange(20)))
+    scores = cold_start.blend_weight_scores(ds, user, item, content, items, np.arange(20), "max", 0.0, 3,
+                                            (0.0, 0.5), "cpu")
+    chosen_a, scored_a, chosen_b, scored_b = built                  # per fold: the chooser, then the scored items
+    assert np.array_equal(chosen_a, scored_b) and np.array_equal(scored_a, chosen_b)
+    assert np.intersect1d(scored_a, scored_b).size == 0 and np.array_equal(np.union1d(scored_a, scored_b), items)
+    assert set(scores) == {0.0, 0.5} and all(0.0 <= v <= 1.0 for v in scores.values())

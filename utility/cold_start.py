@@ -371,6 +371,39 @@ class ColdBlend:
         return score_fn
 
 
+def blend_weight_scores(ds, user_emb, item_emb, content, items, fit_items, knn_how, score_weight, seed, weights,
+                        device="cpu"):
+    """{weight: validation Recall@20} of :class:`ColdBlend` among ``items`` (the validation-cold
+    items), every item scored by a mapper that was not chosen on it. The served mapper's own
+    validation score is the best of many epochs on these very items, which flatters it against
+    content-kNN (whose choice is one of two) and so favours weight 0. Here the items fall into two
+    seeded folds; each fold is scored by a mapper (``score_weight``, fitted on ``fit_items``) whose
+    epoch was chosen on the other fold, with its own unit ratio; each weight's Recall@20 is the
+    folds' mean weighted by their users."""
+    order = np.random.default_rng([seed, 2]).permutation(np.asarray(items))
+    folds = (np.sort(order[: order.size // 2]), np.sort(order[order.size // 2:]))
+    active_users = np.flatnonzero(np.diff(sp.csr_matrix(ds.train).indptr) > 0)
+    totals, n_users = dict.fromkeys(weights, 0.0), 0
+    for scored, chosen_on in (folds, folds[::-1]):
+        chooser = cold_evaluator(ds.val, chosen_on, KS, device)
+        chosen_content = content[torch.as_tensor(chosen_on, device=device)]
+        mapper, _, _ = fit_mapper(content, user_emb, item_emb, fit_items, active_users,
+                                  lambda m: chooser(dot_scores(user_emb, m(chosen_content)))["recall@20"],
+                                  MapperConfig(score_weight=score_weight, seed=seed))
+        evaluator = cold_evaluator(ds.val, scored, KS, device)
+        with torch.no_grad():
+            mapper_fn = dot_scores(user_emb, mapper(content[torch.as_tensor(scored, device=device)]))
+        knn_fn = content_knn_scores(ds.train, content.cpu(), scored, knn_how)
+        n = int(evaluator.users.numel())
+        if not n:
+            continue
+        ratio = score_ratio(mapper_fn, knn_fn, evaluator.users)
+        for w in weights:
+            totals[w] += n * evaluator(ColdBlend(w, ratio).cold_scores(mapper_fn, knn_fn))["recall@20"]
+        n_users += n
+    return {w: totals[w] / max(1, n_users) for w in weights}
+
+
 def score_ratio(mapper_fn, knn_fn, users):
     """sd of the mapper's scores over sd of kNN's for ``users`` (a tensor of ids): the
     :class:`ColdBlend` ratio. 1 when kNN's scores do not vary."""
