@@ -9,10 +9,11 @@ content-kNN, the teacher's content path (its fused embedding of the cold items),
 popularity (0 for every cold item, so a random tie-break) and random; and, in one ranking of every
 item against all held-out test items, both against the warm-only student. Every choice is made on
 validation: the mapper's epoch and score weight, the kNN aggregation and the blend's weight on the
-validation-cold items (the weight with each item scored by a mapper chosen on the other half); the scale of new items' scores among warm items, and whether to show them
-there at all (a gain over the warm-only ranking above one standard error), on the whole validation
-split. Mean ± sd over seeds; each key comparison's relative difference with an interval over seeds
-and users (utility.stats.two_way_comparison; docs/cold-start.md).
+validation-cold items (the weight with each item scored by a mapper chosen on the other half); the
+scale of new items' scores among warm items, and whether to show them there at all (a gain over
+the warm-only ranking above one standard error), on the whole validation split. Mean ± sd over
+seeds; each key comparison's relative difference with an interval over seeds and users
+(utility.stats.two_way_comparison; docs/cold-start.md).
 
     python scripts/cold_start.py --combine runs/A/cold-start.json runs/B/cold-start.json ...
 

@@ -267,7 +267,7 @@ class ServingMapper:
     mapper: ContentMapper
     scaler: ContentScaler
     scale: float
-    promote: bool       # whether new items are shown among warm ones (validation showed a gain); else only among themselves
+    promote: bool       # new items shown among warm ones (validation showed a gain), else only among themselves
     info: dict          # what was chosen, on which items, and the validation scores
 
     @torch.no_grad()
@@ -301,6 +301,19 @@ class ServingMapper:
         return cls(mapper.eval(), scaler, float(obj["scale"]), bool(obj["promote"]), obj["info"]), obj["student"]
 
 
+def fit_chosen_mapper(ds, user_emb, item_emb, content, fit_items, chosen_on, score_weight, seed, device="cpu",
+                      progress=False):
+    """(mapper, best epoch, its Recall@20): a :class:`ContentMapper` fitted on ``fit_items``, its epoch
+    chosen by Recall@20 among the ``chosen_on`` items on their validation interactions."""
+    evaluator = cold_evaluator(ds.val, chosen_on, KS, device)
+    chosen_content = content[torch.as_tensor(chosen_on, device=device)]
+    active_users = np.flatnonzero(np.diff(sp.csr_matrix(ds.train).indptr) > 0)
+    mapper, epoch, history = fit_mapper(content, user_emb, item_emb, fit_items, active_users,
+                                        lambda m: evaluator(dot_scores(user_emb, m(chosen_content)))["recall@20"],
+                                        MapperConfig(score_weight=score_weight, seed=seed), progress)
+    return mapper, epoch, history[epoch - 1][2]
+
+
 def fit_serving_mapper(ds, user_emb, item_emb, seed, score_weights=SCORE_WEIGHTS, scales=SERVING_SCALES,
                        device="cpu", progress=False):
     """The content mapper for the student (``user_emb``, ``item_emb``) on dataset ``ds``, every
@@ -314,18 +327,11 @@ def fit_serving_mapper(ds, user_emb, item_emb, seed, score_weights=SCORE_WEIGHTS
     chosen_on, fit_items, how = choice_items(ds, warm_items, seed)
     scaler = ContentScaler.fit(ds.modality_feats, warm_items)
     content = torch.from_numpy(scaler.transform(ds.modality_feats)).to(device)
-    active_users = np.flatnonzero(np.diff(sp.csr_matrix(ds.train).indptr) > 0)
-    evaluator = cold_evaluator(ds.val, chosen_on, KS, device)
-    chosen_content = content[torch.as_tensor(chosen_on, device=device)]
-
-    def validate(mapper):
-        return evaluator(dot_scores(user_emb, mapper(chosen_content)))["recall@20"]
-
     fits = {}
     for weight in score_weights:
-        mapper, epoch, history = fit_mapper(content, user_emb, item_emb, fit_items, active_users, validate,
-                                            MapperConfig(score_weight=weight, seed=seed), progress)
-        fits[weight] = dict(mapper=mapper, epoch=epoch, val=history[epoch - 1][2])
+        mapper, epoch, val = fit_chosen_mapper(ds, user_emb, item_emb, content, fit_items, chosen_on, weight, seed,
+                                               device, progress)
+        fits[weight] = dict(mapper=mapper, epoch=epoch, val=val)
     weight = max(score_weights, key=lambda w: fits[w]["val"])
     mapper = fits[weight]["mapper"]
     served_items = np.union1d(new_items, chosen_on)
@@ -382,14 +388,10 @@ def blend_weight_scores(ds, user_emb, item_emb, content, items, fit_items, knn_h
     folds' mean weighted by their users."""
     order = np.random.default_rng([seed, 2]).permutation(np.asarray(items))
     folds = (np.sort(order[: order.size // 2]), np.sort(order[order.size // 2:]))
-    active_users = np.flatnonzero(np.diff(sp.csr_matrix(ds.train).indptr) > 0)
     totals, n_users = dict.fromkeys(weights, 0.0), 0
     for scored, chosen_on in (folds, folds[::-1]):
-        chooser = cold_evaluator(ds.val, chosen_on, KS, device)
-        chosen_content = content[torch.as_tensor(chosen_on, device=device)]
-        mapper, _, _ = fit_mapper(content, user_emb, item_emb, fit_items, active_users,
-                                  lambda m: chooser(dot_scores(user_emb, m(chosen_content)))["recall@20"],
-                                  MapperConfig(score_weight=score_weight, seed=seed))
+        mapper, _, _ = fit_chosen_mapper(ds, user_emb, item_emb, content, fit_items, chosen_on, score_weight, seed,
+                                         device)
         evaluator = cold_evaluator(ds.val, scored, KS, device)
         with torch.no_grad():
             mapper_fn = dot_scores(user_emb, mapper(content[torch.as_tensor(scored, device=device)]))

@@ -160,7 +160,8 @@ class Recommender:
         ranked, except new items that the mapper's validation kept out of mixed lists."""
         users = self.check_users(user_ids)
         if new_only and self.new_items is None:
-            raise UserError("ranking the new items only needs the content mapper: load with new_items=True (--new_items)")
+            raise UserError("ranking the new items only needs the content mapper: load with new_items=True "
+                            "(--new_items)")
         k = min(k, self.n_items)
         ids, scores = [], []
         for start in range(0, users.numel(), block_size(self.n_items)):
